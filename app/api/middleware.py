@@ -1,0 +1,143 @@
+"""The one ASGI middleware in front of every route.
+
+It gives each request an id, enforces the bearer token on ``/v1/*`` and the body size limit,
+turns unknown exceptions into a 500 problem (while nothing has been sent yet), records the HTTP
+metrics under the route template, and writes one log line per request. A pure ASGI class
+rather than ``BaseHTTPMiddleware`` so streaming responses pass through untouched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import InternalError as InternalErrorProblem
+from app.errors import BodyTooLarge, KeelError, PayloadTooLarge, Unauthorized, problem_response
+from app.observability.metrics import Metrics
+
+log = logging.getLogger("keel.http")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_UNMATCHED = "unmatched"
+_UNMETERED_PATHS = frozenset({"/metrics"})
+
+
+class KeelMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        api_token: str | None,
+        max_body_bytes: int,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.token = api_token.encode() if api_token else None
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        headers = _headers(scope)
+        incoming = headers.get("x-request-id", "")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        path: str = scope["path"]
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                raw = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in raw):
+                    raw.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": raw}
+            await send(message)
+
+        self.metrics.http_in_flight.inc()
+        try:
+            rejection = self._reject(path, headers)
+            if rejection is not None:
+                await problem_response(rejection, request_id)(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, self._limited(receive), send_wrapper)
+        except BodyTooLarge as exc:
+            if not response_started:
+                err = PayloadTooLarge(f"The request body exceeds {exc.limit} bytes.",
+                                      extra={"limit": exc.limit})
+                await problem_response(err, request_id)(scope, receive, send_wrapper)
+        except Exception as exc:
+            if response_started:
+                log.error("error after response started", exc_info=exc,
+                          extra={"request_id": request_id})
+            else:
+                err = exc if isinstance(exc, KeelError) else InternalErrorProblem(
+                    "An internal error occurred; quote the request id when reporting it.")
+                if not isinstance(exc, KeelError):
+                    log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+                await problem_response(err, request_id)(scope, receive, send_wrapper)
+        finally:
+            self.metrics.http_in_flight.dec()
+            self._observe(scope, path, status, time.perf_counter() - started, request_id)
+
+    def _reject(self, path: str, headers: dict[str, str]) -> KeelError | None:
+        if self.token is not None and (path == "/v1" or path.startswith("/v1/")):
+            given = headers.get("authorization", "")
+            scheme, _, credential = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                credential.strip().encode(), self.token
+            ):
+                return Unauthorized("A valid bearer token is required.")
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return PayloadTooLarge(f"The request body exceeds {self.max_body} bytes.",
+                                   extra={"limit": self.max_body})
+        return None
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+        limit = self.max_body
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return wrapped
+
+    def _observe(
+        self, scope: Scope, path: str, status: int, elapsed: float, request_id: str
+    ) -> None:
+        route = getattr(scope.get("route"), "path", None) or _UNMATCHED
+        method: str = scope["method"]
+        # Dry runs promise no side effects, metrics included; scrapes do not count themselves.
+        dry_run = b"dry_run=true" in scope.get("query_string", b"")
+        if not dry_run and path not in _UNMETERED_PATHS:
+            self.metrics.http_requests.labels(route=route, method=method, status=str(status)).inc()
+            self.metrics.http_latency.labels(route=route, method=method).observe(elapsed)
+        log.info(
+            "%s %s %d", method, path, status,
+            extra={"request_id": request_id, "route": route, "status": status,
+                   "duration_ms": round(elapsed * 1000, 2)},
+        )
+
+
+def _headers(scope: Scope) -> dict[str, Any]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

@@ -1,0 +1,87 @@
+"""The ``keel`` command: serve, migrate, config (and ``models`` from the lifecycle package)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from app.settings import ConfigError, Settings, load_settings, redacted_dump
+
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+EXTRA_COMMANDS: list[Registrar] = []
+"""Packages add sub-commands here (see app/lifecycle/cli.py)."""
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:app",
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        workers=None,
+    )
+    return 0
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from app.store.database import Database
+    from app.store.migrate import upgrade_to_head
+
+    async def run() -> None:
+        db = Database(settings.effective_database_url, settings.store)
+        try:
+            await upgrade_to_head(db)
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+    print("database migrated to head")
+    return 0
+
+
+def _config(settings: Settings, args: argparse.Namespace) -> int:
+    print(json.dumps(redacted_dump(settings), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keel", description="Keel: dependable AI models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="serve the HTTP API").set_defaults(handler=_serve)
+    sub.add_parser("migrate", help="migrate the database to head").set_defaults(handler=_migrate)
+    sub.add_parser("config", help="print the effective configuration, secrets redacted"
+                   ).set_defaults(handler=_config)
+    _load_extras()
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+def _load_extras() -> None:
+    # Imported by name so the core CLI works before the lifecycle package has a CLI.
+    with contextlib.suppress(ModuleNotFoundError):
+        importlib.import_module("app.lifecycle.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"keel: {exc}", file=sys.stderr)
+        return 2
+    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
+    return handler(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""How long to wait before the next attempt.
+
+Full jitter (``U(0, min(max_delay, base * 2**n))``, the AWS Architecture Blog's recommendation)
+spreads retries of many clients over the whole interval, so a provider that hiccups is not hit
+by synchronised waves. The upstream's ``Retry-After`` is a floor on the wait (the larger of the
+two wins) and the request deadline a ceiling: a wait that cannot leave room for one more attempt
+is not taken at all.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+
+# 2**64 * any sane base is beyond any cap; stop the exponent before floats overflow.
+_MAX_EXPONENT = 64
+_DELAY_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+
+
+def backoff_ceiling(attempt: int, base: float, cap: float) -> float:
+    """``min(cap, base * 2**attempt)``; ``attempt`` counts retries from 0."""
+    if attempt >= _MAX_EXPONENT:
+        return max(0.0, cap)
+    return max(0.0, min(cap, base * 2 ** max(0, attempt)))
+
+
+def full_jitter(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """A uniformly random delay in ``[0, min(cap, base * 2**attempt)]``."""
+    ceiling = backoff_ceiling(attempt, base, cap)
+    return min(ceiling, rng.uniform(0.0, ceiling))
+
+
+def parse_retry_after(value: str, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP-date.
+
+    ``now`` is wall-clock seconds since the epoch (an HTTP-date is wall-clock time). A date in
+    the past gives 0. Anything unparseable gives ``None``, as if the header were absent.
+    """
+    text = value.strip()
+    if not text:
+        return None
+    if _DELAY_SECONDS.fullmatch(text):
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC with no further information
+        when = when.replace(tzinfo=UTC)
+    wall = time.time() if now is None else now
+    seconds = when.timestamp() - wall
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def compute_delay(
+    attempt: int,
+    base: float,
+    cap: float,
+    rng: random.Random,
+    retry_after: float | None = None,
+    remaining: float | None = None,
+    min_attempt_s: float = 0.0,
+) -> float | None:
+    """The wait before retry number ``attempt`` (from 0), or ``None`` when it cannot fit.
+
+    The wait is ``max(jitter, retry_after)``. With a deadline ``remaining`` seconds away, the
+    wait plus ``min_attempt_s`` (the least time worth giving an attempt) must fit: the jitter is
+    shortened to fit (it is random anyway), but ``Retry-After`` is the upstream's demand and is
+    never shortened: if it does not fit, there is no retry.
+    """
+    delay = full_jitter(attempt, base, cap, rng)
+    floor = max(0.0, retry_after) if retry_after is not None else 0.0
+    if remaining is None:
+        return max(delay, floor)
+    room = remaining - min_attempt_s
+    if room < 0 or floor > room:
+        return None
+    return max(min(delay, room), floor)

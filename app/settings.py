@@ -1,0 +1,229 @@
+"""Keel's configuration: defaults < TOML file < ``KEEL_*`` environment variables.
+
+The TOML file is ``$KEEL_CONFIG`` or ``./keel.toml`` when present. Nested settings use ``__`` in
+environment names (``KEEL_RESILIENCE__RETRY__MAX_ATTEMPTS=5``). Every setting is listed with its
+default in ``.env.example``; the TOML-only tables (providers, routes) are documented in README.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = Path("keel.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetrySettings(_Section):
+    max_attempts: int = Field(3, ge=1, le=10, description="attempts per target, first included")
+    base_delay_s: float = Field(0.1, ge=0, le=60)
+    max_delay_s: float = Field(5.0, ge=0, le=600)
+    budget_ratio: float = Field(0.2, ge=0, le=1, description="retries / requests over 10 s")
+    budget_min_per_s: float = Field(10, ge=0, le=10_000, description="retry floor per second")
+
+
+class BreakerSettings(_Section):
+    window: Literal["count", "time"] = "count"
+    window_size: int = Field(20, ge=1, le=10_000)
+    min_calls: int = Field(10, ge=1, le=10_000)
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    slow_call_s: float = Field(30.0, gt=0)
+    slow_call_rate: float = Field(1.0, gt=0, le=1)
+    open_s: float = Field(10.0, gt=0)
+    open_max_s: float = Field(300.0, gt=0)
+    half_open_permits: int = Field(1, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _open_bounds(self) -> BreakerSettings:
+        if self.open_max_s < self.open_s:
+            raise ValueError("open_max_s must be >= open_s")
+        return self
+
+
+class ResilienceSettings(_Section):
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+    default_timeout_s: float = Field(60.0, gt=0, le=3600, description="request deadline")
+    stream_idle_s: float = Field(30.0, gt=0, le=3600, description="max gap between chunks")
+
+
+class ProviderSettings(_Section):
+    """One upstream provider. ``retry``/``breaker`` hold overrides of ``[resilience]``."""
+
+    kind: Literal["openai", "local"] = "openai"
+    base_url: str = ""
+    api_key_env: str | None = None
+    models: list[str] = Field(default_factory=list)
+    max_concurrency: int = Field(64, ge=1, le=100_000)
+    max_queue_wait_s: float = Field(1.0, ge=0, le=600)
+    timeout_s: float | None = Field(None, gt=0, le=3600)
+    connect_timeout_s: float = Field(5.0, gt=0, le=600)
+    retry: dict[str, Any] = Field(default_factory=dict)
+    breaker: dict[str, Any] = Field(default_factory=dict)
+
+    def api_key(self) -> str | None:
+        """The secret itself, read at use; it is never stored in settings or printed."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class StoreSettings(_Section):
+    max_message_chars: int = Field(100_000, ge=1)
+    max_messages_per_append: int = Field(100, ge=1)
+    max_title_chars: int = Field(500, ge=1)
+    max_metadata_bytes: int = Field(16_384, ge=2)
+    page_limit_max: int = Field(200, ge=1)
+    idempotency_ttl_s: float = Field(86_400.0, gt=0)
+    idempotency_lease_s: float = Field(60.0, gt=0, description="in_progress rows older expire")
+    sweep_interval_s: float = Field(300.0, gt=0)
+    sweep_batch: int = Field(500, ge=1, le=100_000)
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    sqlite_busy_timeout_ms: int = Field(5000, ge=0)
+
+
+class DownloadSettings(_Section):
+    max_concurrent: int = Field(2, ge=1, le=32)
+    stall_s: float = Field(30.0, gt=0)
+    retries: int = Field(2, ge=0, le=10, description="automatic retries for HTTP failures")
+    network_retries: int = Field(4, ge=0, le=10, description="automatic retries for net errors")
+    base_delay_s: float = Field(0.5, ge=0)
+    max_delay_s: float = Field(10.0, ge=0)
+    free_space_margin_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    partial_max_age_s: float = Field(7 * 86_400.0, gt=0)
+    chunk_bytes: int = Field(1024 * 1024, ge=4096)
+    hash_threads: int = Field(2, ge=1, le=16)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KEEL_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    api_token: SecretStr | None = None
+    config: Path | None = None
+    models_manifest: str | None = None
+    auto_migrate: bool = True
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    timeline_size: int = Field(500, ge=10, le=100_000)
+
+    resilience: ResilienceSettings = ResilienceSettings()
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    routes: dict[str, list[str]] = Field(default_factory=dict)
+    store: StoreSettings = StoreSettings()
+    downloads: DownloadSettings = DownloadSettings()
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _refuse_open_bind(self) -> Settings:
+        if self.api_token is None and not is_loopback(self.host):
+            raise ValueError(
+                f"KEEL_HOST={self.host} is not a loopback address; set KEEL_API_TOKEN to bind it"
+            )
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'keel.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Rising priority is read right to left: TOML sits between defaults and the environment.
+        toml_path = config_file_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+def config_file_path() -> Path | None:
+    explicit = os.environ.get("KEEL_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"KEEL_CONFIG: file not found: {path}")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message is one line naming the setting."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning pydantic's report into one line per the start-up contract."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = "__".join(str(p) for p in first["loc"]).upper()
+        name = f"KEEL_{loc}" if loc else "configuration"
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {name}: {msg}") from None
+    except ValueError as exc:  # malformed TOML or env JSON
+        raise ConfigError(f"invalid configuration: {str(exc).splitlines()[0]}") from None
+
+
+def redacted_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration with secrets replaced, for ``keel config``."""
+    data = settings.model_dump(mode="json")
+    if settings.api_token is not None:
+        data["api_token"] = "**********"  # noqa: S105  # the redaction mask
+    data["database_url"] = _redact_url(settings.effective_database_url)
+    return data
+
+
+def _redact_url(url: str) -> str:
+    # postgresql+asyncpg://user:password@host/db -> postgresql+asyncpg://user:***@host/db
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, hostpart = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hostpart}" if ":" in creds else url

@@ -1,0 +1,94 @@
+"""The async engine and the transaction boundary.
+
+``Database.write()`` and ``Database.read()`` are the only ways to reach the store. A write is one
+short transaction: on SQLite it starts with ``BEGIN IMMEDIATE`` and is serialised by an asyncio
+lock, because a deferred transaction that upgrades to a writer fails with ``database is locked``
+without ever calling the busy handler; on PostgreSQL writes run concurrently and rely on row
+locks and version checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from app.settings import StoreSettings
+
+
+class Database:
+    def __init__(self, url: str, store: StoreSettings | None = None) -> None:
+        self.url = url
+        self.store = store or StoreSettings()
+        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        self.engine = _create_engine(url, self.store) if self.is_sqlite else create_async_engine(
+            url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=10
+        )
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction: commit when the block returns, roll back when it raises."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.connect() as conn:
+            conn.info["begin_mode"] = "IMMEDIATE"
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only snapshot (SQLite WAL readers never block the writer)."""
+        async with self.engine.connect() as conn, conn.begin() as tx:
+            try:
+                yield conn
+            finally:
+                await tx.rollback()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _create_engine(url: str, store: StoreSettings) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(
+        url,
+        # A small pool: one writer at a time anyway, plus readers under WAL.
+        pool_size=8,
+        max_overflow=0,
+        connect_args={"timeout": store.sqlite_busy_timeout_ms / 1000},
+    ) if parsed.database not in (None, "", ":memory:") else create_async_engine(
+        url, poolclass=NullPool
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the driver; _on_begin below issues BEGIN itself.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={store.sqlite_synchronous}")
+        cur.execute(f"PRAGMA busy_timeout={int(store.sqlite_busy_timeout_ms)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(f"BEGIN {conn.info.pop('begin_mode', 'DEFERRED')}")
+
+    return engine

@@ -23,6 +23,7 @@ Hierarchy::
      ├── DeadlineExceeded           504 deadline_exceeded
      ├── UpstreamError              502 upstream_error
      ├── UpstreamTimeout            504 upstream_timeout
+     ├── UpstreamRejected           400 upstream_rejected      (the provider's 4xx, sanitized)
      ├── ChecksumMismatch           422 checksum_mismatch
      ├── InsufficientStorage        507 insufficient_storage
      ├── DownloadFailed             502 download_failed
@@ -190,6 +191,11 @@ class UpstreamError(KeelError):
 
 class UpstreamTimeout(KeelError):
     code, status_code, title, retryable = "upstream_timeout", 504, "Upstream timeout", True
+
+
+class UpstreamRejected(KeelError):
+    code, status_code = "upstream_rejected", 400
+    title = "The provider rejected the request"
 
 
 class ChecksumMismatch(KeelError):

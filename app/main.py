@@ -17,13 +17,17 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import health
+from app.api import chat, conversations, diagnostics, health
+from app.api import lifecycle as lifecycle_api
 from app.api.middleware import KeelMiddleware
 from app.errors import install_error_handlers
+from app.lifecycle.component import LifecycleComponent
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
+from app.providers.registry import providers_component
 from app.settings import ConfigError, Settings, load_settings
+from app.store.component import store_services
 from app.store.database import Database
 from app.store.migrate import schema_status, upgrade_to_head
 
@@ -55,7 +59,7 @@ async def _store(state: State) -> AsyncIterator[None]:
 
 
 def default_components() -> list[Component]:
-    return [_store]
+    return [_store, store_services, LifecycleComponent(), providers_component()]
 
 
 def create_app(
@@ -72,11 +76,17 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         state: State = {"settings": settings, "metrics": metrics, "timeline": timeline}
         async with AsyncExitStack() as stack:
-            # Every background task lives in this group; leaving the stack cancels and awaits.
-            tasks = await stack.enter_async_context(_TaskGroup())
+            # Every background task lives in this group. It is closed first on the way out
+            # (registered after the components), so no task outlives the engine or clients.
+            tasks = _TaskGroup()
             state["tasks"] = tasks
-            for component in parts:
-                await stack.enter_async_context(component(state))
+            try:
+                for component in parts:
+                    await stack.enter_async_context(component(state))
+            except BaseException:
+                await tasks.__aexit__(None, None, None)
+                raise
+            stack.push_async_exit(tasks)
             log.info("keel ready", extra={"database": settings.effective_database_url.split(
                 "://", 1)[0]})
             yield state
@@ -100,6 +110,10 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
     )
     app.include_router(health.router)
+    app.include_router(lifecycle_api.router)
+    app.include_router(conversations.router)
+    app.include_router(chat.router)
+    app.include_router(diagnostics.router)
     return app
 
 

@@ -104,6 +104,17 @@ class DownloadSettings(_Section):
     partial_max_age_s: float = Field(7 * 86_400.0, gt=0)
     chunk_bytes: int = Field(1024 * 1024, ge=4096)
     hash_threads: int = Field(2, ge=1, le=16)
+    write_batch_bytes: int = Field(
+        4 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024,
+        description="received bytes handed to the hash+write thread at once")
+    write_queue_depth: int = Field(
+        4, ge=1, le=64, description="batches in flight between network and disk per download")
+    persist_interval_s: float = Field(
+        2.0, gt=0, description="how often a running download saves its progress (sidecar, job)")
+    progress_interval_s: float = Field(
+        0.25, ge=0, description="least gap between two progress events of one download")
+    connect_timeout_s: float = Field(15.0, gt=0)
+    reap_interval_s: float = Field(3600.0, gt=0, description="stale partial sweep period")
 
 
 class Settings(BaseSettings):

@@ -76,9 +76,9 @@ class KeelMiddleware:
                 await self.app(scope, self._limited(receive), send_wrapper)
         except BodyTooLarge as exc:
             if not response_started:
-                err = PayloadTooLarge(f"The request body exceeds {exc.limit} bytes.",
-                                      extra={"limit": exc.limit})
-                await problem_response(err, request_id)(scope, receive, send_wrapper)
+                too_large = PayloadTooLarge(f"The request body exceeds {exc.limit} bytes.",
+                                            extra={"limit": exc.limit})
+                await problem_response(too_large, request_id)(scope, receive, send_wrapper)
         except Exception as exc:
             if response_started:
                 log.error("error after response started", exc_info=exc,

@@ -23,9 +23,8 @@ _DELAY_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 
 def backoff_ceiling(attempt: int, base: float, cap: float) -> float:
     """``min(cap, base * 2**attempt)``; ``attempt`` counts retries from 0."""
-    if attempt >= _MAX_EXPONENT:
-        return max(0.0, cap)
-    return max(0.0, min(cap, base * 2 ** max(0, attempt)))
+    exponent = min(max(0, attempt), _MAX_EXPONENT)
+    return max(0.0, min(cap, math.ldexp(base, exponent)))
 
 
 def full_jitter(attempt: int, base: float, cap: float, rng: random.Random) -> float:

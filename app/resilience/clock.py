@@ -84,6 +84,7 @@ class FakeClock:
         self.auto_advance = auto_advance
         self._timers: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
+        self._activity = 0  # bumped whenever a timer is added or fired
 
     def now(self) -> float:
         return self._now
@@ -122,11 +123,15 @@ class FakeClock:
                 await fut
                 return
             while not fut.done():
+                seen = self._activity
                 for _ in range(_SETTLE_ROUNDS):
                     await asyncio.sleep(0)
                     if fut.done():
                         return
-                self._fire_next()
+                # Jump only if nothing happened meanwhile: a timer another task just fired may
+                # have woken tasks that still have to run and register their own timers.
+                if self._activity == seen:
+                    self._fire_next()
         finally:
             timer.cancel()
 
@@ -151,6 +156,7 @@ class FakeClock:
     def call_at(self, when: float, callback: Callable[[], None]) -> _Timer:
         """Run ``callback`` when virtual time reaches ``when`` (at once if it already has)."""
         timer = _Timer(when, callback)
+        self._activity += 1
         if when <= self._now:
             callback()
             timer.cancelled = True
@@ -165,5 +171,6 @@ class FakeClock:
                 continue
             self._now = max(self._now, when)
             timer.cancelled = True
+            self._activity += 1
             timer.callback()
             return

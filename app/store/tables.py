@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -82,6 +83,8 @@ idempotency_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    # Random token of the request holding the claim; completion and takeover compare-and-set it.
+    Column("owner", String(32), nullable=False),
     Index("ix_idempotency_keys_expires_at", "expires_at"),
 )
 
@@ -97,6 +100,7 @@ download_jobs = Table(
     Column("attempt", Integer, nullable=False),
     Column("error_code", String(64), nullable=True),
     Column("error_message", Text, nullable=True),
+    Column("error_retryable", Boolean, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),

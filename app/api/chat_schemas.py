@@ -1,0 +1,36 @@
+"""The part of an OpenAI chat request Keel validates; every other field passes through."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_MESSAGES = 1000
+MAX_CONTENT_CHARS = 200_000
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    # Text, or the list-of-parts form (images, audio) that providers accept as is.
+    content: str | list[dict[str, Any]] | None = Field(default=None)
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    stream: bool = False
+    # Keel's extension: persist this turn into a stored conversation after success.
+    conversation_id: str | None = Field(default=None, max_length=64)
+
+
+def content_chars(message: ChatMessage) -> int:
+    if isinstance(message.content, str):
+        return len(message.content)
+    if isinstance(message.content, list):
+        return sum(len(str(part.get("text", ""))) for part in message.content)
+    return 0

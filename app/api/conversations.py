@@ -1,0 +1,170 @@
+"""``/v1/conversations``: parse, call the conversation service, render (ETags, statuses).
+
+Mutations run through ``_mutate``: one write transaction holding the idempotency key (when the
+request has one) and the effect, or, for ``?dry_run=true``, a read transaction in which the
+service takes the same decisions and nothing is written, counted or stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import Response
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.api import conversation_schemas as s
+from app.errors import PreconditionFailed, VersionConflict
+from app.observability.metrics import Metrics
+from app.store.conversation_models import FieldChanges, NewMessage
+from app.store.conversations import ConversationService
+from app.store.database import Database
+from app.store.idempotency import Idempotency, StoredResponse
+from app.store.idempotency_http import IdempotencyKeyDep, json_stored, to_response
+
+router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
+
+DRY_RUN_HEADER = "X-Keel-Dry-Run"
+JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class _Store:
+    db: Database
+    conversations: ConversationService
+    idempotency: Idempotency
+    metrics: Metrics
+
+
+async def _store(request: Request) -> _Store:
+    st = request.state
+    return _Store(st.db, st.conversations, st.idempotency, st.metrics)
+
+
+StoreDep = Annotated[_Store, Depends(_store)]
+DryRun = Annotated[bool, Query(description="validate and answer without changing anything")]
+IfMatch = Annotated[str | None, Header()]
+IfNoneMatch = Annotated[str | None, Header()]
+Effect = Callable[[AsyncConnection, bool], Awaitable[StoredResponse]]
+
+
+async def _mutate(request: Request, store: _Store, key: IdempotencyKeyDep, dry_run: bool,
+                  effect: Effect) -> Response:
+    try:
+        if dry_run:
+            async with store.db.read() as conn:
+                stored = await store.idempotency.peek(conn, key) if key is not None else None
+                if stored is None:
+                    stored = await effect(conn, True)
+            return to_response(stored, {DRY_RUN_HEADER: "true"})
+        return to_response(await store.idempotency.run(key, lambda conn: effect(conn, False)))
+    except (VersionConflict, PreconditionFailed) as exc:
+        if not dry_run:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            store.metrics.version_conflicts.labels(route=route, code=exc.code).inc()
+        raise
+
+
+def _json(payload: object, version: int) -> Response:
+    return Response(s.dumps(payload), media_type=JSON, headers={"ETag": s.etag(version)})
+
+
+@router.post("")
+async def create_conversation(request: Request, body: s.CreateConversationBody, store: StoreDep,
+                              key: IdempotencyKeyDep, dry_run: DryRun = False) -> Response:
+    async def effect(conn: AsyncConnection, dry: bool) -> StoredResponse:
+        made = await store.conversations.create(conn, title=body.title, metadata=body.metadata,
+                                                dry_run=dry)
+        c = made.conversation
+        headers = {"etag": s.etag(c.version)}
+        if not dry:
+            headers["location"] = f"/v1/conversations/{c.id}"
+        return json_stored(200 if dry else 201, s.conversation_json(c, []), headers)
+
+    return await _mutate(request, store, key, dry_run, effect)
+
+
+@router.get("")
+async def list_conversations(store: StoreDep, limit: int = 50, cursor: str | None = None
+                             ) -> Response:
+    after = s.decode_cursor(cursor)
+    async with store.db.read() as conn:
+        page = await store.conversations.page(conn, limit=limit, cursor=after)
+    return Response(s.dumps(s.page_json(page)), media_type=JSON)
+
+
+@router.get("/{conversation_id}")
+async def get_conversation(
+    conversation_id: str, store: StoreDep, if_none_match: IfNoneMatch = None,
+    since_version: Annotated[int | None, Query(ge=0)] = None,
+) -> Response:
+    async with store.db.read() as conn:
+        head = await store.conversations.head(conn, conversation_id)
+        if s.none_match(if_none_match, head.version):
+            return Response(status_code=304, headers={"ETag": s.etag(head.version)})
+        if since_version is not None:
+            delta = await store.conversations.delta(conn, conversation_id, since_version,
+                                                    head=head)
+            return _json(s.delta_json(delta), head.version)
+        full = await store.conversations.get(conn, conversation_id, head=head)
+    return _json(s.conversation_json(full.conversation, full.messages), head.version)
+
+
+@router.patch("/{conversation_id}")
+async def update_conversation(
+    request: Request, conversation_id: str, body: s.UpdateConversationBody, store: StoreDep,
+    key: IdempotencyKeyDep, if_match: IfMatch = None, dry_run: DryRun = False,
+) -> Response:
+    pre = s.precondition(if_match, body.expected_version)
+    sent = body.model_fields_set
+    changes = FieldChanges(title=body.title, metadata=body.metadata,
+                           set_title="title" in sent, set_metadata="metadata" in sent)
+
+    async def effect(conn: AsyncConnection, dry: bool) -> StoredResponse:
+        c = await store.conversations.update(conn, conversation_id, changes, pre, dry_run=dry)
+        return json_stored(200, s.summary_json(c), {"etag": s.etag(c.version)})
+
+    return await _mutate(request, store, key, dry_run, effect)
+
+
+@router.delete("/{conversation_id}")
+async def delete_conversation(
+    request: Request, conversation_id: str, store: StoreDep, key: IdempotencyKeyDep,
+    body: s.DeleteConversationBody | None = None, if_match: IfMatch = None,
+    dry_run: DryRun = False,
+) -> Response:
+    pre = s.precondition(if_match, body.expected_version if body else None)
+
+    async def effect(conn: AsyncConnection, dry: bool) -> StoredResponse:
+        c = await store.conversations.delete(conn, conversation_id, pre, dry_run=dry)
+        return json_stored(200, s.deleted_json(c), {"etag": s.etag(c.version)})
+
+    return await _mutate(request, store, key, dry_run, effect)
+
+
+@router.post("/{conversation_id}/messages")
+async def append_messages(
+    request: Request, conversation_id: str, body: s.AppendMessagesBody, store: StoreDep,
+    key: IdempotencyKeyDep, if_match: IfMatch = None, dry_run: DryRun = False,
+) -> Response:
+    pre = s.precondition(if_match, body.expected_version)
+    messages = [NewMessage(m.role, m.content) for m in body.messages]
+    store.conversations.validate_messages(messages)  # before any transaction
+
+    async def effect(conn: AsyncConnection, dry: bool) -> StoredResponse:
+        added = await store.conversations.append(conn, conversation_id, messages, pre,
+                                                 dry_run=dry)
+        return json_stored(200 if dry else 201, s.appended_json(added),
+                           {"etag": s.etag(added.conversation.version)})
+
+    return await _mutate(request, store, key, dry_run, effect)
+
+
+@router.post("/{conversation_id}/verify")
+async def verify_conversation(conversation_id: str, store: StoreDep) -> Response:
+    """Integrity report: every checksum and the seq sequence; 200 even when corrupted."""
+    async with store.db.read() as conn:
+        report = await store.conversations.verify(conn, conversation_id)
+    return _json(s.report_json(report), report.version)

@@ -1,0 +1,162 @@
+"""Model lifecycle endpoints: models, downloads, progress events, verify, delete, storage roots.
+
+Thin: parse, call ``LifecycleService``, render. Errors are raised from the catalogue.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.lifecycle.component import STATE_KEY
+from app.lifecycle.manifest import Capability
+from app.lifecycle.progress import ProgressEvent
+from app.lifecycle.service import LifecycleService
+from app.lifecycle.storage import StorageConfig
+
+router = APIRouter(prefix="/v1/lifecycle", tags=["lifecycle"])
+
+HEARTBEAT_S = 15.0
+
+
+def get_lifecycle(request: Request) -> LifecycleService:
+    service: LifecycleService = getattr(request.state, STATE_KEY)
+    return service
+
+
+LifecycleDep = Annotated[LifecycleService, Depends(get_lifecycle)]
+DryRun = Annotated[bool, Query(description="answer what would happen; change nothing")]
+
+
+class BundleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(min_length=1, max_length=64)
+    dry_run: bool = False
+
+
+class StorageRequest(BaseModel):
+    """The whole storage configuration (PUT replaces it): ``root`` null means the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str | None = Field(None, max_length=4096)
+    overrides: dict[Capability, str] = Field(default_factory=dict, max_length=8)
+    create: bool = False
+
+
+@router.get("/models")
+async def list_models(lc: LifecycleDep) -> dict[str, Any]:
+    return {"data": lc.list_models()}
+
+
+@router.get("/models/{model_id}")
+async def get_model(model_id: str, lc: LifecycleDep) -> dict[str, Any]:
+    return lc.model_view(lc.manager.model(model_id))
+
+
+@router.post("/models/{model_id}/download")
+async def download_model(model_id: str, lc: LifecycleDep, dry_run: DryRun = False
+                         ) -> JSONResponse:
+    model = lc.manager.model(model_id)
+    result = await lc.download([model], dry_run=dry_run)
+    if dry_run:
+        return JSONResponse(result)
+    job = result["jobs"][0] if result["jobs"] else None
+    return JSONResponse({"job": job, "model": result["models"][0]},
+                        status_code=202 if job else 200)
+
+
+@router.delete("/models/{model_id}/download")
+async def cancel_model_download(model_id: str, lc: LifecycleDep) -> dict[str, Any]:
+    model = lc.manager.model(model_id)
+    record = await lc.manager.cancel(model.id)
+    return {"job": record.as_json() if record else None, "model": lc.model_view(model)}
+
+
+@router.post("/downloads")
+async def download_bundle(body: BundleRequest, lc: LifecycleDep, dry_run: DryRun = False
+                          ) -> JSONResponse:
+    ids = list(dict.fromkeys(body.models))
+    models = [lc.manager.model(i) for i in ids]
+    result = await lc.download(models, dry_run=dry_run or body.dry_run)
+    status = 202 if result.get("jobs") else 200
+    return JSONResponse(result, status_code=status)
+
+
+@router.get("/downloads")
+async def list_jobs(lc: LifecycleDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
+                    ) -> dict[str, Any]:
+    return {"data": [j.as_json() for j in await lc.jobs.recent(limit)]}
+
+
+@router.get("/downloads/{job_id}")
+async def get_job(job_id: str, lc: LifecycleDep) -> dict[str, Any]:
+    return (await lc.job(job_id)).as_json()
+
+
+@router.delete("/downloads/{job_id}")
+async def cancel_job(job_id: str, lc: LifecycleDep) -> dict[str, Any]:
+    return (await lc.cancel_job(job_id)).as_json()
+
+
+@router.get("/models/{model_id}/events")
+async def model_events(model_id: str, lc: LifecycleDep) -> StreamingResponse:
+    """SSE: one ``data: {event}`` per progress event; the stream ends after ready/failed."""
+    model = lc.manager.model(model_id)
+    sub = lc.hub.subscribe(model.id)  # before the snapshot, so nothing falls in between
+    first = lc.snapshot(model)
+
+    async def stream() -> AsyncIterator[bytes]:
+        with sub:
+            if first is not None:
+                yield _sse(first)
+                if first.terminal:
+                    return
+            while True:
+                event = await sub.get(HEARTBEAT_S)
+                if event is None:
+                    yield b": keep-alive\n\n"
+                    continue
+                yield _sse(event)
+                if event.terminal:
+                    return
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse(event: ProgressEvent) -> bytes:
+    return b"data: " + json.dumps(event.as_json(), separators=(",", ":")).encode() + b"\n\n"
+
+
+@router.post("/models/{model_id}/verify")
+async def verify_model(model_id: str, lc: LifecycleDep) -> dict[str, Any]:
+    return await lc.verify(lc.manager.model(model_id))
+
+
+@router.delete("/models/{model_id}")
+async def delete_model(model_id: str, lc: LifecycleDep, dry_run: DryRun = False
+                       ) -> dict[str, Any]:
+    return await lc.delete(lc.manager.model(model_id), dry_run=dry_run)
+
+
+@router.get("/storage")
+async def get_storage(lc: LifecycleDep) -> dict[str, Any]:
+    return lc.storage.describe()
+
+
+@router.put("/storage")
+async def put_storage(body: StorageRequest, lc: LifecycleDep, dry_run: DryRun = False
+                      ) -> dict[str, Any]:
+    config = StorageConfig(root=body.root, overrides={str(k): v for k, v in body.overrides.items()})
+    await lc.storage.replace(config, create=body.create, dry_run=dry_run)
+    out = lc.storage.describe()
+    if dry_run:
+        out = {"dry_run": True, "valid": True}
+    return out

@@ -1,0 +1,244 @@
+"""What the lifecycle API does: model views, download plans, verify, delete, stale partials.
+
+Routers parse and render; this decides. A model's state is derived, never stored:
+``downloading``/``verifying`` while a job runs, ``installed`` when every file sits at its final
+path with its manifest size (only verified files ever get there), ``error`` when the last job
+failed, else ``absent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from app.errors import ChecksumMismatch, ModelNotReady, NotFound
+from app.lifecycle.hashing import HashPool
+from app.lifecycle.jobs import JobRecord, JobRepository, percent, utcnow
+from app.lifecycle.manager import DownloadManager, ModelPlan
+from app.lifecycle.manifest import ModelSpec
+from app.lifecycle.paths import PARTIAL_SUFFIX, SIDECAR_SUFFIX
+from app.lifecycle.progress import ProgressEvent, ProgressHub
+from app.lifecycle.storage import StorageRoots
+from app.settings import DownloadSettings
+
+log = logging.getLogger("keel.lifecycle")
+
+_REAPABLE = (PARTIAL_SUFFIX, SIDECAR_SUFFIX, SIDECAR_SUFFIX + ".tmp")
+
+
+class LifecycleService:
+    def __init__(
+        self,
+        *,
+        manager: DownloadManager,
+        storage: StorageRoots,
+        jobs: JobRepository,
+        hub: ProgressHub,
+        pool: HashPool,
+        settings: DownloadSettings,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.manager = manager
+        self.storage = storage
+        self.jobs = jobs
+        self.hub = hub
+        self.pool = pool
+        self.settings = settings
+        self.wall_clock = wall_clock
+
+    # -- views ----------------------------------------------------------------------------
+
+    def model_view(self, model: ModelSpec) -> dict[str, Any]:
+        plan = self.manager.plan(model)
+        run = self.manager.running.get(model.id)
+        total = model.total_bytes
+        error = None
+        job = None
+        if run is not None:
+            phase = run.record.phase
+            state = "verifying" if phase in ("verifying", "promoting") else "downloading"
+            done = run.record.bytes_done
+            job = {"id": run.record.id, "phase": phase, "attempt": run.record.attempt}
+        elif plan.installed:
+            state, done = "installed", total
+        else:
+            done = plan.on_disk
+            outcome = self.manager.outcomes.get(model.id)
+            state = "absent"
+            if outcome is not None and outcome.state == "failed":
+                state, error = "error", outcome.error()
+        view: dict[str, Any] = {
+            "id": model.id, "name": model.name, "capability": model.capability,
+            "engine": model.engine, "state": state, "size": total,
+            "files": [{"name": f.name, "size": f.size, "installed": f.installed}
+                      for f in plan.files],
+            "progress": {"bytes": done, "total": total, "percent": percent(done, total)},
+        }
+        if error is not None:
+            view["error"] = error
+        if job is not None:
+            view["job"] = job
+        return view
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return [self.model_view(m) for m in self.manager.manifest]
+
+    def plan_view(self, plans: list[ModelPlan]) -> dict[str, Any]:
+        free: dict[str, int | None] = {}
+        models = []
+        for plan in plans:
+            root = self.storage.root(plan.model.capability)
+            if str(root) not in free:
+                try:
+                    free[str(root)] = self.manager.free_bytes(root)
+                except OSError:
+                    free[str(root)] = None
+            running = plan.model.id in self.manager.running
+            models.append({
+                "id": plan.model.id,
+                "action": "none" if plan.installed else "join" if running else "download",
+                "bytes_to_fetch": plan.to_fetch,
+                "files": [{"name": f.name, "size": f.size, "installed": f.installed,
+                           "partial_bytes": f.partial_bytes, "bytes_to_fetch": f.to_fetch,
+                           "target_path": str(f.path)} for f in plan.files],
+            })
+        return {
+            "models": models,
+            "bytes_to_fetch": sum(p.to_fetch for p in plans),
+            "free_bytes": free,
+            "margin_bytes": self.settings.free_space_margin_bytes,
+        }
+
+    def snapshot(self, model: ModelSpec) -> ProgressEvent | None:
+        """The event a new subscriber starts from (``None``: nothing has happened yet)."""
+        run = self.manager.running.get(model.id)
+        if run is not None:
+            return run.last_event
+        plan = self.manager.plan(model)
+        total = model.total_bytes
+        if plan.installed:
+            return ProgressEvent(model.id, None, "ready", None, total, total)
+        outcome = self.manager.outcomes.get(model.id)
+        if outcome is not None and outcome.state == "failed":
+            return ProgressEvent(model.id, outcome.id, "failed", None, plan.on_disk, total,
+                                 attempt=outcome.attempt, error=outcome.error())
+        return None
+
+    # -- actions --------------------------------------------------------------------------
+
+    async def download(self, models: list[ModelSpec], *, dry_run: bool) -> dict[str, Any]:
+        if dry_run:
+            plans = [self.manager.plan(m) for m in models]
+            return {"dry_run": True, "plan": self.plan_view(plans)}
+        started = await self.manager.start(models)
+        return {
+            "jobs": [run.record.as_json() for _, run in started if run is not None],
+            "models": [self.model_view(plan.model) for plan, _ in started],
+        }
+
+    async def verify(self, model: ModelSpec) -> dict[str, Any]:
+        if model.id in self.manager.running:
+            raise ModelNotReady("The model is still downloading.")
+        plan = self.manager.plan(model)
+        if not plan.installed:
+            raise ModelNotReady("The model is not installed.")
+        files = []
+        for f, spec in zip(plan.files, model.files, strict=True):
+            digest = (await self.pool.hash_file(f.path)).hexdigest()
+            ok = digest == spec.sha256
+            files.append({"name": f.name, "ok": ok})
+            if not ok:
+                # Never leave a file that failed verification where a runtime would load it.
+                await asyncio.to_thread(_unlink, f.path)
+                record = JobRecord.new(model.id, model.total_bytes)
+                record.state, record.phase = "failed", "failed"
+                record.error_code, record.error_retryable = "checksum_mismatch", True
+                record.error_message = "An installed file failed verification and was removed."
+                self.manager.outcomes[model.id] = record
+                raise ChecksumMismatch(
+                    "An installed file does not match the manifest's SHA-256; it was removed.",
+                    extra={"files": files})
+        return {"id": model.id, "ok": True, "files": files}
+
+    async def delete(self, model: ModelSpec, *, dry_run: bool) -> dict[str, Any]:
+        if dry_run:
+            plan = self.manager.plan(model)
+            return {"dry_run": True, "cancels_job": model.id in self.manager.running,
+                    "removes": [str(f.path) for f in plan.files if f.installed or f.partial_bytes]}
+        cancelled = await self.manager.cancel(model.id)
+        await asyncio.to_thread(self.manager.remove_files, model)
+        self.manager.outcomes.pop(model.id, None)
+        view = self.model_view(model)
+        view["cancelled_job"] = cancelled.id if cancelled else None
+        return view
+
+    async def job(self, job_id: str) -> JobRecord:
+        for run in self.manager.running.values():
+            if run.record.id == job_id:
+                return run.record
+        record = await self.jobs.get(job_id)
+        if record is None:
+            raise NotFound("No download job with this id.")
+        return record
+
+    async def cancel_job(self, job_id: str) -> JobRecord:
+        record = await self.job(job_id)
+        if record.active:
+            cancelled = await self.manager.cancel(record.model_id)
+            if cancelled is not None:
+                return cancelled
+        return record
+
+    # -- stale partials -------------------------------------------------------------------
+
+    async def reap(self) -> int:
+        """Delete partials no running job owns once they are older than ``partial_max_age_s``;
+        prune finished job rows of the same age."""
+        cutoff = self.wall_clock() - self.settings.partial_max_age_s
+        owned = {self.storage.model_dir(r.model) for r in self.manager.running.values()}
+        removed = await asyncio.to_thread(_reap, self.storage.all_roots(), owned, cutoff)
+        with contextlib.suppress(Exception):
+            await self.jobs.prune_finished(
+                utcnow() - timedelta(seconds=self.settings.partial_max_age_s))
+        if removed:
+            log.info("reaped stale partial files", extra={"count": removed})
+        return removed
+
+    async def reap_forever(self) -> None:
+        while True:
+            try:
+                await self.reap()
+            except Exception:
+                log.exception("stale partial sweep failed")
+            await asyncio.sleep(self.settings.reap_interval_s)
+
+
+def _reap(roots: list[Path], owned: set[Path], cutoff: float) -> int:
+    removed = 0
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for model_dir in root.iterdir():
+            if not model_dir.is_dir() or model_dir.resolve() in owned:
+                continue
+            for path in model_dir.iterdir():
+                if not path.name.endswith(_REAPABLE):
+                    continue
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+                except OSError:
+                    continue
+    return removed
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -1,0 +1,172 @@
+"""Storage roots: where installed model files live, persisted in ``settings_kv``.
+
+One shared root (default ``<data_dir>/models``) and optional per-capability overrides. A root
+is accepted only if it is an absolute directory Keel can write (``create: true`` makes a missing
+one); changing a root does not move files already installed under the old one. Model files are
+``<root>/<model id>/<file name>``, joined with ``safe_join`` so nothing escapes the root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
+from sqlalchemy import select, update
+
+from app.errors import ValidationFailed
+from app.lifecycle.jobs import utcnow
+from app.lifecycle.manifest import CAPABILITIES, FileSpec, ModelSpec
+from app.lifecycle.paths import safe_join
+from app.store.database import Database
+from app.store.tables import settings_kv
+
+SETTINGS_KEY = "lifecycle.storage"
+
+FreeSpace = Callable[[Path], int]
+
+
+class StorageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    root: str | None = None
+    overrides: dict[str, str] = {}
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_capabilities(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = set(value) - set(CAPABILITIES)
+        if unknown:
+            raise ValueError(f"unknown capability; expected one of {', '.join(CAPABILITIES)}")
+        return value
+
+
+def disk_free(path: Path) -> int:
+    return shutil.disk_usage(existing_ancestor(path)).free
+
+
+def existing_ancestor(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def device_of(path: Path) -> int:
+    return existing_ancestor(path).stat().st_dev
+
+
+class StorageRoots:
+    def __init__(self, db: Database, data_dir: Path, free_space: FreeSpace = disk_free) -> None:
+        self.db = db
+        self.default_root = (data_dir / "models").absolute()
+        self.free_space = free_space
+        self.config = StorageConfig()
+
+    async def load(self) -> None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(
+                select(settings_kv.c.value).where(settings_kv.c.key == SETTINGS_KEY))).first()
+        if row is not None:
+            self.config = StorageConfig.model_validate(row.value)
+
+    def root(self, capability: str | None = None) -> Path:
+        override = self.config.overrides.get(capability) if capability else None
+        if override:
+            return Path(override)
+        return Path(self.config.root) if self.config.root else self.default_root
+
+    def all_roots(self) -> list[Path]:
+        seen: list[Path] = []
+        for path in [self.root(None), *(self.root(c) for c in CAPABILITIES)]:
+            if path not in seen:
+                seen.append(path)
+        return seen
+
+    def model_dir(self, model: ModelSpec) -> Path:
+        return safe_join(self.root(model.capability), model.id)
+
+    def file_path(self, model: ModelSpec, spec: FileSpec) -> Path:
+        return safe_join(self.root(model.capability), model.id, spec.name)
+
+    def describe(self) -> dict[str, Any]:
+        roots = []
+        for cap in CAPABILITIES:
+            path = self.root(cap)
+            roots.append({"capability": cap, "path": str(path),
+                          "overridden": cap in self.config.overrides,
+                          "exists": path.is_dir(), "free_bytes": self._free(path)})
+        return {"root": self.config.root, "default_root": str(self.default_root),
+                "overrides": dict(self.config.overrides), "effective": roots}
+
+    def _free(self, path: Path) -> int | None:
+        try:
+            return self.free_space(path)
+        except OSError:
+            return None
+
+    async def replace(self, new: StorageConfig, *, create: bool, dry_run: bool) -> None:
+        """Validate every root of ``new`` (creating missing ones when asked) and persist it."""
+        checks: list[tuple[str, str]] = []
+        if new.root is not None:
+            checks.append(("root", new.root))
+        checks += [(f"overrides.{cap}", path) for cap, path in new.overrides.items()]
+        for field, raw in checks:
+            check_root(field, raw, create=create and not dry_run, dry_run=dry_run)
+        normalised = StorageConfig(
+            root=str(Path(new.root)) if new.root else None,
+            overrides={cap: str(Path(p)) for cap, p in new.overrides.items()})
+        if dry_run:
+            return
+        value = normalised.model_dump(mode="json")
+        async with self.db.write() as conn:
+            done = await conn.execute(update(settings_kv).where(
+                settings_kv.c.key == SETTINGS_KEY).values(value=value, updated_at=utcnow()))
+            if not done.rowcount:
+                await conn.execute(settings_kv.insert().values(
+                    key=SETTINGS_KEY, value=value, updated_at=utcnow()))
+        self.config = normalised
+
+
+def check_root(field: str, raw: str, *, create: bool, dry_run: bool = False) -> None:
+    """Refuse a root that is relative, missing (unless created) or not writable.
+
+    Problem details name the field, never the path (DESIGN §4); the caller knows what it sent.
+    """
+    path = Path(raw)
+    if not path.is_absolute() or "\x00" in raw:
+        raise _invalid(field, "must be an absolute path")
+    if path.exists() and not path.is_dir():
+        raise _invalid(field, "exists and is not a directory")
+    if not path.exists():
+        if dry_run:
+            return
+        if not create:
+            raise _invalid(field, "does not exist; send \"create\": true to create it")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            raise _invalid(field, "could not be created") from None
+    if not dry_run and not is_writable(path):
+        raise _invalid(field, "is not writable by Keel")
+
+
+def is_writable(path: Path) -> bool:
+    try:
+        fd, name = tempfile.mkstemp(prefix=".keel-probe-", dir=path)
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return True
+
+
+def _invalid(field: str, why: str) -> ValidationFailed:
+    return ValidationFailed(f"The storage root {field} {why}.",
+                            extra={"errors": [{"field": field, "message": why}]})

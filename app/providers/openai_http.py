@@ -1,0 +1,176 @@
+"""Any OpenAI-compatible HTTP endpoint (OpenAI, vLLM, Ollama's /v1, ...) as a Provider.
+
+One long-lived ``httpx.AsyncClient`` per provider, with explicit timeouts and connection limits
+and an injectable transport. Transport errors and upstream statuses become ``UpstreamFailure``
+so the resilience kit can decide; the upstream's error body is read, truncated for the log and
+never forwarded. The API key is read from the named environment variable when the client is
+built and lives only in the client's default headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from app.providers.base import Completion
+from app.resilience.backoff import parse_retry_after
+from app.resilience.deadline import Deadline
+from app.resilience.failures import UpstreamFailure
+from app.settings import ProviderSettings
+
+log = logging.getLogger("keel.providers.http")
+
+_MAX_ERROR_LOG = 300
+_DONE = b"data: [DONE]"
+
+
+class OpenAIHTTPProvider:
+    def __init__(
+        self,
+        name: str,
+        settings: ProviderSettings,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        headers = {"Accept-Encoding": "identity"}
+        key = settings.api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.AsyncClient(
+            base_url=settings.base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout_s,
+                read=settings.timeout_s or 60.0,
+                write=settings.connect_timeout_s,
+                pool=settings.max_queue_wait_s + settings.connect_timeout_s,
+            ),
+            limits=httpx.Limits(
+                max_connections=settings.max_concurrency,
+                max_keepalive_connections=min(settings.max_concurrency, 64),
+                keepalive_expiry=30.0,
+            ),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def model_names(self) -> list[str]:
+        return list(self.settings.models)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def complete(self, body: dict[str, Any], model: str, deadline: Deadline) -> Completion:
+        payload = _encode({**body, "model": model, "stream": False})
+        try:
+            resp = await self._client.post(
+                "chat/completions", content=payload, timeout=self._timeout(deadline),
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            raise _transport_failure(exc, self.name) from exc
+        if resp.status_code != 200:
+            raise self._status_failure(resp, resp.content)
+        return Completion(resp.content, resp.headers.get("content-type", "application/json"))
+
+    async def open_stream(
+        self, body: dict[str, Any], model: str, deadline: Deadline
+    ) -> HTTPChatStream:
+        payload = _encode({**body, "model": model, "stream": True})
+        request = self._client.build_request(
+            "POST", "chat/completions", content=payload, timeout=self._timeout(deadline),
+            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+        )
+        try:
+            resp = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _transport_failure(exc, self.name) from exc
+        if resp.status_code != 200:
+            try:
+                content = await resp.aread()
+            except httpx.HTTPError:
+                content = b""
+            finally:
+                await resp.aclose()
+            raise self._status_failure(resp, content)
+        return HTTPChatStream(resp, self.name)
+
+    def _timeout(self, deadline: Deadline) -> httpx.Timeout:
+        """Each phase keeps its own cap, and none outlives the request's deadline."""
+        left = max(deadline.remaining(), 0.001)
+        s = self.settings
+        return httpx.Timeout(
+            connect=min(s.connect_timeout_s, left),
+            read=min(s.timeout_s or left, left),
+            write=min(s.connect_timeout_s, left),
+            pool=min(s.max_queue_wait_s + s.connect_timeout_s, left),
+        )
+
+    def _status_failure(self, resp: httpx.Response, content: bytes) -> UpstreamFailure:
+        header = resp.headers.get("retry-after")
+        retry_after = parse_retry_after(header, time.time()) if header else None
+        log.warning(
+            "upstream answered %d", resp.status_code,
+            extra={"provider": self.name, "status": resp.status_code,
+                   "upstream_body": content[:_MAX_ERROR_LOG].decode("utf-8", "replace")},
+        )
+        return UpstreamFailure(status_code=resp.status_code, retry_after=retry_after)
+
+
+class HTTPChatStream:
+    def __init__(self, resp: httpx.Response, provider: str) -> None:
+        self._resp = resp
+        self._provider = provider
+
+    async def events(self, idle_timeout_s: float) -> AsyncIterator[bytes]:
+        import asyncio
+
+        buffer = b""
+        chunks = self._resp.aiter_raw().__aiter__()
+        saw_done = False
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout_s):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise UpstreamFailure("stream_idle", committed=True) from None
+            except httpx.HTTPError as exc:
+                raise UpstreamFailure("stream_drop", committed=True) from exc
+            buffer += chunk.replace(b"\r\n", b"\n")
+            while b"\n\n" in buffer:
+                event, buffer = buffer.split(b"\n\n", 1)
+                if not event.strip():
+                    continue
+                if event.startswith(_DONE):
+                    saw_done = True
+                yield event + b"\n\n"
+        if not saw_done:
+            raise UpstreamFailure("stream_truncated", committed=True)
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _transport_failure(exc: httpx.HTTPError, provider: str) -> UpstreamFailure:
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        reason = "connect"
+    elif isinstance(exc, httpx.TimeoutException):
+        reason = "timeout"
+    elif isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        reason = "reset"
+    else:
+        reason = "transport"
+    log.info("upstream transport error", extra={"provider": provider, "reason": reason})
+    return UpstreamFailure(reason)

@@ -1,0 +1,48 @@
+"""The lifespan component that builds providers, their guards and the chat service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from app.providers.base import Provider
+from app.providers.chat_service import ChatService
+from app.providers.openai_http import OpenAIHTTPProvider
+from app.providers.router import ModelRouter
+from app.resilience.guard import ProviderGuard
+from app.settings import Settings
+
+TransportFactory = Callable[[str], httpx.AsyncBaseTransport | None]
+
+
+def providers_component(
+    transport_factory: TransportFactory | None = None,
+) -> Callable[[dict[str, Any]], Any]:
+    @asynccontextmanager
+    async def component(state: dict[str, Any]) -> AsyncIterator[None]:
+        settings: Settings = state["settings"]
+        providers: dict[str, Provider] = {}
+        guards: dict[str, ProviderGuard] = {}
+        try:
+            for name, cfg in settings.providers.items():
+                if cfg.kind != "openai":
+                    continue  # local models join through the runtime (later issue)
+                transport = transport_factory(name) if transport_factory else None
+                providers[name] = OpenAIHTTPProvider(name, cfg, transport=transport)
+                guards[name] = ProviderGuard.from_settings(
+                    name, cfg, settings.resilience,
+                    metrics=state["metrics"], timeline=state["timeline"],
+                )
+            router = ModelRouter(settings.routes, {n: p.model_names() for n, p in
+                                                   providers.items()})
+            state["guards"] = guards
+            state["chat"] = ChatService(settings, router, providers, guards, state["metrics"])
+            yield
+        finally:
+            for provider in providers.values():
+                await provider.aclose()
+
+    return component

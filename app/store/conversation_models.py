@@ -1,0 +1,134 @@
+"""What the conversation service takes and returns: plain frozen records, no SQL, no HTTP.
+
+Versions: a conversation is created at version 1 and every mutation (PATCH, DELETE, one append
+of any number of messages) adds exactly 1. Each message remembers the version that added it and
+carries a ``seq`` that starts at 1 and has no gaps, which is what delta sync reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+"""Roles a stored message may have (the OpenAI chat roles)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    seq: int
+    role: str
+    content: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A conversation's head: everything but its messages."""
+
+    id: str
+    title: str | None
+    metadata: dict[str, Any]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    message_count: int
+    fields_version: int  # the version at which title/metadata last changed (delta sync)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationWithMessages:
+    conversation: Conversation
+    messages: list[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """The result of one append: the new head and only the messages it added."""
+
+    conversation: Conversation
+    messages: list[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    conversation: Conversation
+    from_version: int
+    fields_changed: bool
+    messages: list[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Conversation]
+    next_cursor: tuple[datetime, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrityReport:
+    conversation_id: str
+    version: int
+    messages_checked: int
+    corrupted: list[tuple[str, int]]  # (message id, seq)
+    missing_seqs: list[int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.corrupted and not self.missing_seqs
+
+
+@dataclass(frozen=True, slots=True)
+class Precondition:
+    """The versions a write may apply to.
+
+    ``if_match`` comes from the ``If-Match`` header: a set of acceptable versions, or ``ANY``
+    for ``*`` (any existing conversation). A stale ``If-Match`` is 412. ``expected_version``
+    comes from the body; stale is 409. Both may be given; both must hold.
+    """
+
+    if_match: frozenset[int] | None = None
+    if_match_any: bool = False
+    expected_version: int | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.if_match is not None or self.if_match_any or self.expected_version is not None
+
+    def allowed_versions(self) -> frozenset[int] | None:
+        """Versions the write may apply to, for the compare-and-set; None means any."""
+        sets: list[frozenset[int]] = []
+        if self.if_match is not None:
+            sets.append(self.if_match)
+        if self.expected_version is not None:
+            sets.append(frozenset({self.expected_version}))
+        if not sets:
+            return None
+        out = sets[0]
+        for s in sets[1:]:
+            out &= s
+        return out
+
+    @classmethod
+    def of(cls, if_match: Iterable[int] | None = None, *, expected_version: int | None = None,
+           any_version: bool = False) -> Precondition:
+        return cls(frozenset(if_match) if if_match is not None else None, any_version,
+                   expected_version)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChanges:
+    """A PATCH: only the fields present are changed (``title`` may be set to None)."""
+
+    title: str | None = None
+    metadata: dict[str, Any] | None = None
+    set_title: bool = False
+    set_metadata: bool = False

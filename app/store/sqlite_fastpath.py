@@ -1,0 +1,97 @@
+"""Hot-path statements on SQLite: Core statements compiled once, run on the driver connection.
+
+Why: SQLAlchemy's aiosqlite adapter makes four round trips to the connection's thread per
+statement (open cursor, execute, fetch, close) plus its own bookkeeping; on a single serialised
+SQLite writer that, not SQLite, bounds appends per second (docs/store.md has the figures).
+``Prepared`` compiles a Core statement for the connection's dialect once, applies the same
+type processors SQLAlchemy would (datetimes as SQLAlchemy's SQLite text format, JSON), and
+runs it through aiosqlite's public API on the DBAPI connection of the caller's SQLAlchemy
+transaction: one round trip to execute, one to fetch. BEGIN, COMMIT and ROLLBACK stay with
+``Database.write()``. Statements stay Core and stay in the repositories; only how they are
+sent differs. PostgreSQL (asyncpg) is fast through SQLAlchemy and never comes here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.expression import Executable
+
+Processor = Callable[[Any], Any] | None
+
+
+class Prepared:
+    """A Core statement that runs on the driver connection on SQLite, through SQLAlchemy
+    elsewhere. Rows come back as plain tuples in ``columns`` order either way."""
+
+    def __init__(self, stmt: Executable, columns: Sequence[ColumnElement[Any]] = ()) -> None:
+        self.stmt = stmt
+        self.columns = tuple(columns)
+        self._dialect: Dialect | None = None
+        self._sql = ""
+        self._names: tuple[str, ...] = ()
+        self._defaults: tuple[Any, ...] = ()
+        self._binds: tuple[Processor, ...] = ()
+        self._results: tuple[Processor, ...] = ()
+
+    async def fetch(self, conn: AsyncConnection, values: Mapping[str, Any]
+                    ) -> list[tuple[Any, ...]]:
+        """Execute and return every row."""
+        if conn.dialect.name != "sqlite":
+            return [tuple(r) for r in (await conn.execute(self.stmt, dict(values))).all()]
+        driver = await _driver(conn)
+        cursor = await driver.execute(self._sql, self._params(conn, values))
+        rows = await cursor.fetchall()  # drains the statement, so COMMIT finds it reset
+        return [tuple(v if p is None else p(v) for p, v in zip(self._results, row, strict=True))
+                for row in rows]
+
+    async def execute(self, conn: AsyncConnection, values: Mapping[str, Any]) -> int:
+        """Execute without rows; returns the number of rows changed."""
+        if conn.dialect.name != "sqlite":
+            return int((await conn.execute(self.stmt, dict(values))).rowcount)
+        driver = await _driver(conn)
+        cursor = await driver.execute(self._sql, self._params(conn, values))
+        return int(cursor.rowcount)
+
+    async def execute_many(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]
+                           ) -> None:
+        if conn.dialect.name != "sqlite":
+            await conn.execute(self.stmt, [dict(r) for r in rows])
+            return
+        driver = await _driver(conn)
+        await driver.executemany(self._sql, [self._params(conn, r) for r in rows])
+
+    def _params(self, conn: AsyncConnection, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        if self._dialect is not conn.dialect:
+            self._compile(conn.dialect)
+        out = []
+        for name, default, process in zip(self._names, self._defaults, self._binds,
+                                          strict=True):
+            value = values[name] if name in values else default
+            out.append(value if process is None else process(value))
+        return tuple(out)
+
+    def _compile(self, dialect: Dialect) -> None:
+        compiled = self.stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
+        if "POSTCOMPILE" in compiled.string or compiled.positiontup is None:
+            raise ValueError("fast-path statements take plain positional parameters only")
+        binds = compiled.binds
+        self._sql = compiled.string
+        self._names = tuple(compiled.positiontup)
+        # Literals inside the statement (``version + 1``) are anonymous binds with a value.
+        self._defaults = tuple(binds[n].effective_value for n in self._names)
+        self._binds = tuple(binds[n].type.dialect_impl(dialect).bind_processor(dialect)
+                            for n in self._names)
+        self._results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None)
+                              for c in self.columns)
+        self._dialect = dialect
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    """The aiosqlite connection under the caller's transaction (SQLAlchemy's public API)."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection

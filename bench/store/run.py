@@ -1,0 +1,230 @@
+"""Appends per second over HTTP at concurrency N, next to raw sqlite3 appends.
+
+    .venv/bin/python -m bench.store [--concurrency 16] [--seconds 10] [--warmup 2]
+
+Starts ``python -m app.cli serve`` (one uvicorn worker, SQLite in a temporary data dir) on a free
+loopback port, creates one conversation per client, and has each client append one message at a
+time over a keep-alive HTTP/1.1 connection (a minimal asyncio client, so the load generator
+steals as little CPU as possible from the server on the same machine). Then it runs the same
+number of appends straight through Python's sqlite3: per append one ``BEGIN IMMEDIATE``, an
+``UPDATE ... WHERE id = ? AND version = ?`` version check, one message INSERT, ``COMMIT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTENT = "The quick brown fox jumps over the lazy dog. " * 2  # ~90 characters
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class HttpConnection:
+    """Just enough HTTP/1.1 keep-alive for JSON requests with Content-Length responses."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                 "Content-Type: application/json", f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length) if length else b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@contextlib.contextmanager
+def keel_server(data_dir: Path, port: int, extra_env: dict[str, str]) -> Iterator[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    env.update({"KEEL_DATA_DIR": str(data_dir), "KEEL_PORT": str(port),
+                "KEEL_HOST": "127.0.0.1", "KEEL_LOG_FORMAT": "json", **extra_env})
+    log = (data_dir.parent / "keel.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("keel did not start; see keel.log") from None
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+
+
+async def http_bench(port: int, concurrency: int, seconds: float, warmup: float,
+                     idempotency: bool) -> dict[str, float]:
+    conns = [HttpConnection("127.0.0.1", port) for _ in range(concurrency)]
+    for c in conns:
+        await c.open()
+    ids = []
+    for c in conns:
+        status, body = await c.request("POST", "/v1/conversations", b'{"title":"bench"}')
+        assert status == 201, body
+        ids.append(json.loads(body)["id"])
+    latencies: list[float] = []
+    errors = 0
+    measuring = False
+    stop = False
+    payload = json.dumps({"messages": [{"role": "user", "content": CONTENT}]}).encode()
+
+    async def worker(conn: HttpConnection, cid: str) -> None:
+        nonlocal errors
+        path = f"/v1/conversations/{cid}/messages"
+        while not stop:
+            headers = {"Idempotency-Key": uuid.uuid4().hex} if idempotency else None
+            t0 = time.perf_counter()
+            status, _ = await conn.request("POST", path, payload, headers)
+            elapsed = time.perf_counter() - t0
+            if measuring:
+                if status == 201:
+                    latencies.append(elapsed)
+                else:
+                    errors += 1
+
+    tasks = [asyncio.create_task(worker(c, i)) for c, i in zip(conns, ids, strict=True)]
+    await asyncio.sleep(warmup)
+    measuring = True
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    measuring = False
+    duration = time.perf_counter() - started
+    stop = True
+    await asyncio.gather(*tasks)
+    for c in conns:
+        c.close()
+    return _summary(latencies, duration, errors)
+
+
+def sqlite_bench(path: Path, count: int, synchronous: str) -> dict[str, float]:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.execute("CREATE TABLE conversations (id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+               "next_seq INTEGER NOT NULL, updated_at TEXT NOT NULL)")
+    db.execute("CREATE TABLE messages (id TEXT PRIMARY KEY, conversation_id TEXT NOT NULL "
+               "REFERENCES conversations(id), seq INTEGER NOT NULL, role TEXT NOT NULL, "
+               "content TEXT NOT NULL, checksum TEXT NOT NULL, version INTEGER NOT NULL, "
+               "created_at TEXT NOT NULL, UNIQUE (conversation_id, seq))")
+    cid = str(uuid.uuid4())
+    db.execute("INSERT INTO conversations VALUES (?, 1, 1, ?)", (cid, _now()))
+    version, latencies = 1, []
+    started = time.perf_counter()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        row = db.execute(
+            "UPDATE conversations SET version = version + 1, next_seq = next_seq + 1, "
+            "updated_at = ? WHERE id = ? AND version = ? RETURNING version, next_seq",
+            (_now(), cid, version)).fetchone()
+        version, seq = row[0], row[1] - 1
+        checksum = hashlib.sha256(json.dumps(
+            {"content": CONTENT, "conversation_id": cid, "role": "user", "seq": seq},
+            sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        db.execute("INSERT INTO messages VALUES (?, ?, ?, 'user', ?, ?, ?, ?)",
+                   (str(uuid.uuid4()), cid, seq, CONTENT, checksum, version, _now()))
+        db.execute("COMMIT")
+        latencies.append(time.perf_counter() - t0)
+    duration = time.perf_counter() - started
+    db.close()
+    return _summary(latencies, duration, 0)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _summary(latencies: list[float], duration: float, errors: int) -> dict[str, float]:
+    latencies.sort()
+    n = len(latencies)
+    if n == 0:
+        return {"count": 0, "per_s": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "errors": errors}
+    return {"count": n, "per_s": n / duration,
+            "p50_ms": statistics.median(latencies) * 1000,
+            "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000, "errors": errors}
+
+
+def _line(name: str, r: dict[str, float]) -> str:
+    return (f"{name:<34} {r['per_s']:>9,.0f}/s   p50 {r['p50_ms']:6.2f} ms   "
+            f"p99 {r['p99_ms']:6.2f} ms   n={int(r['count'])} errors={int(r['errors'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.store", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--idempotency-keys", action="store_true",
+                   help="send a fresh Idempotency-Key with every append")
+    p.add_argument("--log-level", default="INFO", help="server KEEL_LOG_LEVEL (default INFO)")
+    p.add_argument("--synchronous", default="NORMAL", choices=["NORMAL", "FULL"])
+    p.add_argument("--port", type=int, default=None,
+                   help="bench a Keel already serving on 127.0.0.1:PORT (HTTP figures only)")
+    args = p.parse_args(argv)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    if args.port:
+        http = asyncio.run(http_bench(args.port, args.concurrency, args.seconds, args.warmup,
+                                      args.idempotency_keys))
+        print(_line("HTTP append (running Keel)", http))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="keel-bench-") as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        env = {"KEEL_LOG_LEVEL": args.log_level, "KEEL_STORE__SQLITE_SYNCHRONOUS": args.synchronous}
+        port = _free_port()
+        with keel_server(data, port, env):
+            http = asyncio.run(http_bench(port, args.concurrency, args.seconds, args.warmup,
+                                          args.idempotency_keys))
+        raw = sqlite_bench(Path(tmp) / "raw.db", max(1000, int(http["count"])), args.synchronous)
+    print(f"cpus={os.cpu_count()} python={sys.version.split()[0]} "
+          f"sqlite={sqlite3.sqlite_version} synchronous={args.synchronous} "
+          f"concurrency={args.concurrency} seconds={args.seconds} "
+          f"idempotency_keys={args.idempotency_keys} log_level={args.log_level}")
+    print(_line("HTTP append (Keel, 1 worker)", http))
+    print(_line("raw sqlite3 append (1 thread)", raw))
+    return 0

@@ -1,0 +1,241 @@
+"""A fake OpenAI-compatible upstream on a raw asyncio socket, with injectable faults.
+
+Raw sockets rather than an ASGI app, because the faults we need live below HTTP: a reset before
+any response, a stream that stops mid-body, and noticing the instant a client hangs up.
+Every error body carries ``MARKER`` so tests can prove Keel never forwards upstream text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+MARKER = "UPSTREAM-SECRET-MARKER-7f3a"
+
+
+@dataclass
+class Faults:
+    error_rate: float = 0.0  # probability of answering error_status
+    error_status: int = 503
+    statuses: deque[int] = field(default_factory=deque)  # forced statuses, consumed in order
+    retry_after: str | None = None  # sent with 429/503
+    latency_s: float = 0.0  # before the response starts
+    reset_rate: float = 0.0  # probability of closing the socket without answering
+    drop_after_chunks: int | None = None  # stream: abort the connection after N chunks
+    chunk_delay_s: float = 0.0  # stream: gap between chunks
+    chunks: int = 3  # stream: content chunks before [DONE]
+    down: bool = False  # every request gets error_status
+
+
+@dataclass
+class Seen:
+    at: float
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+
+
+class FakeUpstream:
+    def __init__(self, seed: int = 1234, models: tuple[str, ...] = ("small", "large")) -> None:
+        self.faults = Faults()
+        self.models = models
+        self.rng = random.Random(seed)
+        self.requests: list[Seen] = []
+        self.disconnects: list[float] = []  # monotonic times a client hung up mid-response
+        self.completed = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> FakeUpstream:
+        started = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._server = loop.run_until_complete(
+                asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=512))
+            self.port = self._server.sockets[0].getsockname()[1]
+            started.set()
+            loop.run_forever()
+            self._server.close()
+            loop.run_until_complete(self._server.wait_closed())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        started.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def calls(self) -> int:
+        return sum(1 for r in self.requests if r.path.endswith("/chat/completions"))
+
+    def reset(self) -> None:
+        self.faults = Faults()
+        self.requests.clear()
+        self.disconnects.clear()
+
+    # -- protocol --------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    return
+                keep = await self._respond(request, reader, writer)
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _respond(self, req: tuple[str, str, dict[str, str], bytes],
+                       reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        method, path, headers, raw = req
+        body = json.loads(raw) if raw else None
+        self.requests.append(Seen(time.monotonic(), path, headers, body))
+        f = self.faults
+        if path.endswith("/models") and method == "GET":
+            data = {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]}
+            await _send(writer, 200, json.dumps(data).encode())
+            return True
+        if f.reset_rate and self.rng.random() < f.reset_rate:
+            writer.transport.abort()
+            return False
+        if f.latency_s:
+            if await _client_gone_within(reader, f.latency_s):
+                self.disconnects.append(time.monotonic())
+                return False
+        status = 200
+        if f.statuses:
+            status = f.statuses.popleft()
+        elif f.down or (f.error_rate and self.rng.random() < f.error_rate):
+            status = f.error_status
+        if status != 200:
+            err = {"error": {"message": f"{MARKER} internal stack at /srv/upstream.py",
+                             "type": "server_error", "code": status}}
+            extra = {"Retry-After": f.retry_after} if f.retry_after and status in (429, 503) else {}
+            await _send(writer, status, json.dumps(err).encode(), extra)
+            return True
+        assert isinstance(body, dict)
+        if body.get("stream"):
+            return await self._stream(body, reader, writer)
+        content = _answer(body)
+        payload = {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000,
+            "model": body.get("model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        }
+        await _send(writer, 200, json.dumps(payload).encode())
+        self.completed += 1
+        return True
+
+    async def _stream(self, body: dict[str, Any], reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> bool:
+        f = self.faults
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")
+        words = _answer(body).split(" ")
+        pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+        pieces = (pieces * f.chunks)[: max(f.chunks, 1)]
+        for i, piece in enumerate(pieces):
+            if f.drop_after_chunks is not None and i >= f.drop_after_chunks:
+                writer.transport.abort()
+                return False
+            chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                     "created": 1700000000, "model": body.get("model"),
+                     "choices": [{"index": 0, "delta": {"content": piece},
+                                  "finish_reason": None}]}
+            writer.write(_chunk(f"data: {json.dumps(chunk)}\n\n".encode()))
+            try:
+                await writer.drain()
+            except ConnectionError:
+                self.disconnects.append(time.monotonic())
+                return False
+            if f.chunk_delay_s and await _client_gone_within(reader, f.chunk_delay_s):
+                self.disconnects.append(time.monotonic())
+                return False
+        final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
+                 "model": body.get("model"),
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        writer.write(_chunk(f"data: {json.dumps(final)}\n\n".encode()))
+        writer.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        self.completed += 1
+        return True
+
+
+def _answer(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or [{}]
+    last = str(messages[-1].get("content", ""))
+    return f"echo: {last}"
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+async def _client_gone_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Wait ``seconds`` unless the client closes first; True when it closed."""
+    try:
+        data = await asyncio.wait_for(reader.read(1), seconds)
+    except TimeoutError:
+        return False
+    return data == b""
+
+
+async def _send(writer: asyncio.StreamWriter, status: int, body: bytes,
+                headers: dict[str, str] | None = None) -> None:
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+              408: "Request Timeout", 429: "Too Many Requests", 500: "Internal Server Error",
+              502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}.get(
+        status, "Status")
+    head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json",
+            f"content-length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    await writer.drain()
+
+
+async def _read_request(
+    reader: asyncio.StreamReader,
+) -> tuple[str, str, dict[str, str], bytes] | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    length = int(headers.get("content-length", "0"))
+    body = await reader.readexactly(length) if length else b""
+    return method, path, headers, body

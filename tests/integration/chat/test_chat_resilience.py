@@ -1,0 +1,264 @@
+"""Chat under faults: retries, budgets, breakers, fallbacks, deadlines, shedding, leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from app.settings import Settings
+from tests.fakes.servers import ServerThread
+from tests.fakes.upstream import MARKER, FakeUpstream
+from tests.integration.chat.conftest import API_KEY, chat_body, dead_url, provider
+
+
+def _problem(resp: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/problem+json"
+    body: dict[str, object] = resp.json()
+    assert body["code"] == code
+    return body
+
+
+def test_succeeds_through_injected_503s(keel: ServerThread, upstream: FakeUpstream) -> None:
+    upstream.faults.error_rate = 0.15
+    ok = 0
+    n = 400
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        for i in range(n):
+            resp = c.post("/v1/chat/completions", json=chat_body(f"q{i}"))
+            ok += resp.status_code == 200
+    assert ok / n >= 0.995, ok
+    assert upstream.calls <= 1.25 * n, upstream.calls
+
+
+def test_upstream_400_is_one_call_and_a_4xx(keel: ServerThread, upstream: FakeUpstream) -> None:
+    upstream.faults.statuses.append(400)
+    with httpx.Client(base_url=keel.url) as c:
+        resp = c.post("/v1/chat/completions", json=chat_body())
+    body = _problem(resp, 400, "upstream_rejected")
+    assert upstream.calls == 1
+    assert MARKER not in resp.text
+    assert body["retryable"] is False
+
+
+def test_429_retry_after_is_waited_out(keel: ServerThread, upstream: FakeUpstream) -> None:
+    upstream.faults.statuses.append(429)
+    upstream.faults.retry_after = "1"
+    started = time.monotonic()
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        resp = c.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-Timeout": "5"})
+    assert resp.status_code == 200, resp.text
+    assert time.monotonic() - started >= 0.95
+    assert upstream.calls == 2
+    assert resp.headers["x-keel-attempts"] == "2"
+
+
+def test_429_retry_after_beyond_deadline_fails_at_once(
+    keel: ServerThread, upstream: FakeUpstream
+) -> None:
+    upstream.faults.statuses.append(429)
+    upstream.faults.retry_after = "30"
+    started = time.monotonic()
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        resp = c.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-Timeout": "2"})
+    assert resp.status_code in (502, 503), resp.text
+    assert time.monotonic() - started < 1.0
+    assert upstream.calls == 1
+
+
+def test_outage_opens_breaker_fails_fast_then_recovers(
+    chat_settings: Callable[..., Settings], serve: Callable[[Settings], ServerThread],
+    upstream: FakeUpstream,
+) -> None:
+    cfg = provider(upstream.base_url, breaker={"min_calls": 5, "window_size": 10, "open_s": 0.5})
+    keel = serve(chat_settings(providers={"cloud": cfg}))
+    upstream.faults.down = True
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        statuses = [c.post("/v1/chat/completions", json=chat_body()).status_code
+                    for _ in range(5)]
+        assert set(statuses) <= {502, 503}
+        calls_during_outage = upstream.calls
+        fast: list[float] = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            resp = c.post("/v1/chat/completions", json=chat_body())
+            fast.append(time.perf_counter() - t0)
+            body = _problem(resp, 503, "circuit_open")
+            assert int(resp.headers["retry-after"]) >= 1
+            assert body["retry_after"] == int(resp.headers["retry-after"])
+        assert upstream.calls == calls_during_outage  # nothing reached the upstream
+        # 5 requests x 3 attempts at most; the retry budget's floor allows that much here.
+        assert calls_during_outage <= 15
+        fast.sort()
+        assert fast[int(len(fast) * 0.99) - 1] < 0.020, fast[-5:]
+        diag = c.get("/v1/diagnostics").json()
+        assert diag["breakers"]["cloud"]["state"] == "open"
+
+        upstream.faults.down = False
+        time.sleep(0.6)  # the breaker's open_s in real time: this test runs a real server
+        resp = c.post("/v1/chat/completions", json=chat_body())
+        assert resp.status_code == 200, resp.text
+        assert c.get("/v1/diagnostics").json()["breakers"]["cloud"]["state"] == "closed"
+        transitions = [(t["from"], t["to"]) for t in c.get("/v1/diagnostics").json()[
+            "transitions"] if t["subject"] == "breaker:cloud"]
+        assert ("closed", "open") in transitions and ("half_open", "closed") in transitions
+        metrics = c.get("/metrics").text
+        assert 'keel_breaker_state{provider="cloud",state="closed"} 1.0' in metrics
+
+
+def test_dead_first_target_falls_back(
+    chat_settings: Callable[..., Settings], serve: Callable[[Settings], ServerThread],
+    upstream: FakeUpstream,
+) -> None:
+    settings = chat_settings(
+        providers={"dead": provider(dead_url()), "cloud": provider(upstream.base_url)},
+        routes={"chat": ["dead/small", "cloud/small"]},
+    )
+    keel = serve(settings)
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        resp = c.post("/v1/chat/completions", json=chat_body())
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-keel-target"] == "cloud/small"
+    assert int(resp.headers["x-keel-attempts"]) >= 2
+
+
+def test_request_timeout_header_bounds_the_request(
+    keel: ServerThread, upstream: FakeUpstream
+) -> None:
+    upstream.faults.latency_s = 5
+    started = time.monotonic()
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        resp = c.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-Timeout": "1"})
+    elapsed = time.monotonic() - started
+    _problem(resp, 504, "deadline_exceeded")
+    assert elapsed < 1.5, elapsed
+
+
+def test_bad_request_timeout_header_is_422(keel: ServerThread) -> None:
+    with httpx.Client(base_url=keel.url) as c:
+        resp = c.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-Timeout": "x"})
+    _problem(resp, 422, "validation_error")
+
+
+async def test_overload_sheds_with_503(
+    chat_settings: Callable[..., Settings], serve: Callable[[Settings], ServerThread],
+    upstream: FakeUpstream,
+) -> None:
+    cfg = provider(upstream.base_url, max_concurrency=2, max_queue_wait_s=0.2)
+    keel = serve(chat_settings(providers={"cloud": cfg}))
+    upstream.faults.latency_s = 1.0
+    async with httpx.AsyncClient(base_url=keel.url, timeout=10) as c:
+        resps = await asyncio.gather(*[
+            c.post("/v1/chat/completions", json=chat_body()) for _ in range(6)])
+    codes = sorted(r.status_code for r in resps)
+    assert codes.count(200) == 2, codes
+    for r in resps:
+        if r.status_code != 200:
+            _problem(r, 503, "overloaded")
+            assert int(r.headers["retry-after"]) >= 1
+
+
+async def test_client_giving_up_cancels_the_upstream_call(
+    keel: ServerThread, upstream: FakeUpstream
+) -> None:
+    upstream.faults.latency_s = 5
+    async with httpx.AsyncClient(base_url=keel.url) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            await c.post("/v1/chat/completions", json=chat_body(), timeout=0.5)
+        gave_up = time.monotonic()
+    for _ in range(40):
+        if upstream.disconnects:
+            break
+        await asyncio.sleep(0.05)
+    assert upstream.disconnects, "the upstream never saw the disconnect"
+    assert upstream.disconnects[0] - gave_up < 1.0
+
+
+async def test_client_leaving_a_stream_cancels_the_upstream(
+    keel: ServerThread, upstream: FakeUpstream
+) -> None:
+    upstream.faults.chunks = 40
+    upstream.faults.chunk_delay_s = 0.3
+    async with httpx.AsyncClient(base_url=keel.url, timeout=10) as c, c.stream(
+        "POST", "/v1/chat/completions", json=chat_body(stream=True)
+    ) as resp:
+        assert resp.status_code == 200
+        async for line in resp.aiter_lines():
+            if line.startswith("data:"):
+                break
+    left = time.monotonic()
+    for _ in range(40):
+        if upstream.disconnects:
+            break
+        await asyncio.sleep(0.05)
+    assert upstream.disconnects, "the upstream never saw the disconnect"
+    assert upstream.disconnects[0] - left < 1.0
+    assert upstream.completed == 0
+
+
+def test_mid_stream_drop_ends_with_error_event(keel: ServerThread, upstream: FakeUpstream) -> None:
+    upstream.faults.chunks = 5
+    upstream.faults.drop_after_chunks = 2
+    with httpx.Client(base_url=keel.url, timeout=10) as c, c.stream(
+        "POST", "/v1/chat/completions", json=chat_body(stream=True)
+    ) as resp:
+        assert resp.status_code == 200
+        text = resp.read().decode()
+    events = [e for e in text.split("\n\n") if e.strip()]
+    assert len([e for e in events if e.startswith("data: {")]) == 2
+    assert "[DONE]" not in text
+    assert events[-1].startswith("event: error\ndata: ")
+    problem = json.loads(events[-1].split("data: ", 1)[1])
+    assert problem["code"] == "upstream_error"
+    assert MARKER not in text
+    assert upstream.calls == 1  # nothing is retried once bytes reached the client
+
+
+def test_failure_before_first_byte_of_stream_is_retried(
+    keel: ServerThread, upstream: FakeUpstream
+) -> None:
+    upstream.faults.statuses.extend([503, 503])
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        resp = c.post("/v1/chat/completions", json=chat_body(stream=True))
+    assert resp.status_code == 200
+    assert resp.text.rstrip().endswith("data: [DONE]")
+    assert resp.headers["x-keel-attempts"] == "3"
+
+
+def test_errors_never_leak_upstream_text_or_secrets(
+    keel: ServerThread, upstream: FakeUpstream
+) -> None:
+    bodies = []
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        for status in (400, 401, 404, 422, 500, 502, 503):
+            upstream.faults.statuses.extend([status] * 3)
+            bodies.append(c.post("/v1/chat/completions", json=chat_body()).text)
+            upstream.faults.statuses.clear()
+        bodies.append(c.get("/v1/diagnostics").text)
+        bodies.append(c.get("/metrics").text)
+    for text in bodies:
+        assert MARKER not in text
+        assert API_KEY not in text
+        assert "/srv/" not in text
+    # ... and the key did reach the upstream, only there.
+    assert upstream.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
+
+
+def test_latency_of_fast_failures_is_low(keel: ServerThread) -> None:
+    # Validation failures never touch an upstream: they are answered at once.
+    with httpx.Client(base_url=keel.url) as c:
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            resp = c.post("/v1/chat/completions", json={"model": "chat", "messages": []})
+            times.append(time.perf_counter() - t0)
+            _problem(resp, 422, "validation_error")
+        resp = c.post("/v1/chat/completions", json=chat_body(model="nope"))
+        _problem(resp, 404, "model_not_found")
+    assert statistics.median(times) < 0.05

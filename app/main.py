@@ -109,10 +109,10 @@ def create_app(
         api_token=settings.api_token.get_secret_value() if settings.api_token else None,
         max_body_bytes=settings.max_body_bytes,
     )
+    app.include_router(chat.router)
     app.include_router(health.router)
     app.include_router(lifecycle_api.router)
     app.include_router(conversations.router)
-    app.include_router(chat.router)
     app.include_router(diagnostics.router)
     return app
 

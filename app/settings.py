@@ -71,6 +71,9 @@ class ProviderSettings(_Section):
     max_queue_wait_s: float = Field(1.0, ge=0, le=600)
     timeout_s: float | None = Field(None, gt=0, le=3600)
     connect_timeout_s: float = Field(5.0, gt=0, le=600)
+    # httpx's own pool, or aiohttp underneath httpx (httpx-aiohttp); docs/benchmarks.md has
+    # the measurements behind the default.
+    http_transport: Literal["httpx", "aiohttp"] = "httpx"
     retry: dict[str, Any] = Field(default_factory=dict)
     breaker: dict[str, Any] = Field(default_factory=dict)
 

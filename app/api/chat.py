@@ -1,4 +1,5 @@
-"""OpenAI-compatible chat and model listing. Parses and renders; ChatService decides."""
+"""OpenAI-compatible chat and model listing. Parses and renders; ChatService decides who
+answers, ChatRecords what the turn leaves behind."""
 
 from __future__ import annotations
 
@@ -13,23 +14,39 @@ from fastapi.responses import Response
 from app.api.chat_schemas import MAX_CONTENT_CHARS, ChatRequest, content_chars
 from app.api.deps import MetricsDep, RequestIdDep
 from app.api.sse import ClientDisconnected, EventStreamResponse, until_disconnect
-from app.errors import KeelError, ModelNotFound, PayloadTooLarge, ValidationFailed
+from app.errors import KeelError, ModelNotFound, PayloadTooLarge, UpstreamError, ValidationFailed
 from app.observability.metrics import Metrics
+from app.providers.chat_records import (
+    ChatRecords,
+    StreamTranscript,
+    completion_text,
+    new_user_turns,
+)
 from app.providers.chat_service import Answer, ChatService
 from app.resilience.failures import UpstreamFailure
+from app.store.conversation_models import NewMessage
+from app.store.idempotency import Claim, StoredResponse
+from app.store.idempotency_http import IdempotencyKeyDep, to_response
 
 router = APIRouter(tags=["chat"])
 log = logging.getLogger("keel.chat")
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody receives it, the metrics and log do
+_DONE = b"data: [DONE]"
 
 
-def get_chat(request: Request) -> ChatService:
+async def get_chat(request: Request) -> ChatService:
     chat: ChatService = request.state.chat
     return chat
 
 
+async def get_records(request: Request) -> ChatRecords:
+    records: ChatRecords = request.state.chat_records
+    return records
+
+
 ChatDep = Annotated[ChatService, Depends(get_chat)]
+RecordsDep = Annotated[ChatRecords, Depends(get_records)]
 
 
 def _timeout_header(value: str | None) -> float | None:
@@ -49,7 +66,7 @@ def _timeout_header(value: str | None) -> float | None:
 
 
 def _answer_headers(answer: Answer) -> dict[str, str]:
-    return {"X-Keel-Target": answer.target.id, "X-Keel-Attempts": str(answer.attempts)}
+    return {"x-keel-target": answer.target.id, "x-keel-attempts": str(answer.attempts)}
 
 
 @router.post("/v1/chat/completions")
@@ -57,6 +74,8 @@ async def chat_completions(
     request: Request,
     payload: ChatRequest,
     chat: ChatDep,
+    records: RecordsDep,
+    key: IdempotencyKeyDep,
     metrics: MetricsDep,
     request_id: RequestIdDep,
     x_request_timeout: Annotated[str | None, Header()] = None,
@@ -71,30 +90,55 @@ async def chat_completions(
     deadline = chat.deadline_for(targets, _timeout_header(x_request_timeout))
     # Forward what the client sent, minus Keel's own extension fields.
     body: dict[str, Any] = payload.model_dump(exclude_unset=True, exclude={"conversation_id"})
+    cid = payload.conversation_id
+    turns = new_user_turns(body["messages"]) if cid else []
+    if cid:
+        await records.check_conversation(cid)
 
-    if payload.stream:
-        try:
-            answer = await until_disconnect(
-                request.receive, lambda: chat.open_stream(body, targets, deadline))
-        except ClientDisconnected:
-            return _cancelled(metrics, "client_disconnect")
-        assert answer.stream is not None
+    claim: Claim | None = None
+    if key is not None:
+        got = await records.idempotency.begin(key)
+        if isinstance(got, StoredResponse):
+            return to_response(got)  # the stored answer; no upstream is called
+        claim = got
+
+    try:
+        answer = await until_disconnect(
+            request.receive,
+            lambda: (chat.open_stream if payload.stream else chat.complete)(
+                body, targets, deadline),
+        )
+    except ClientDisconnected:
+        await records.abandon(claim)
+        return _cancelled(metrics, "client_disconnect")
+    except BaseException:
+        await records.abandon(claim)
+        raise
+    headers = _answer_headers(answer)
+
+    if answer.stream is not None:
         opened = answer.stream
         return EventStreamResponse(
-            _relay(opened.events(), request_id),
-            headers=_answer_headers(answer),
+            _relay(opened.events(), request_id, records, cid, turns, claim, headers),
+            headers=headers,
             on_disconnect=lambda: metrics.cancellations.labels(reason="client_disconnect").inc(),
             on_close=opened.aclose,
         )
 
-    try:
-        answer = await until_disconnect(
-            request.receive, lambda: chat.complete(body, targets, deadline))
-    except ClientDisconnected:
-        return _cancelled(metrics, "client_disconnect")
     assert answer.completion is not None
-    return Response(answer.completion.body, media_type="application/json",
-                    headers=_answer_headers(answer))
+    content = answer.completion.body
+    if cid is not None or claim is not None:
+        try:
+            await records.record(
+                conversation_id=cid, new_turns=turns,
+                reply=completion_text(content) if cid else None, claim=claim,
+                stored=StoredResponse(200, content, {"content-type": "application/json",
+                                                     **headers}),
+            )
+        except BaseException:
+            await records.abandon(claim)
+            raise
+    return Response(content, media_type="application/json", headers=headers)
 
 
 def _cancelled(metrics: Metrics, reason: str) -> Response:
@@ -102,21 +146,54 @@ def _cancelled(metrics: Metrics, reason: str) -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
-async def _relay(events: AsyncIterator[bytes], request_id: str) -> AsyncIterator[bytes]:
-    """Relay whole events; after the first byte a failure becomes an SSE ``error`` event."""
+async def _relay(
+    events: AsyncIterator[bytes],
+    request_id: str,
+    records: ChatRecords,
+    cid: str | None,
+    turns: list[NewMessage],
+    claim: Claim | None,
+    headers: dict[str, str],
+) -> AsyncIterator[bytes]:
+    """Relay whole events; after the first byte a failure becomes an SSE ``error`` event.
+
+    With a conversation or an idempotency key the turn is recorded when the upstream's
+    ``[DONE]`` arrives and before it is relayed, so a client that saw ``[DONE]`` can rely on
+    the record; a stream that fails or is abandoned records nothing.
+    """
+    recording = cid is not None or claim is not None
+    transcript = StreamTranscript() if recording else None
+    finished = False
     try:
         async for event in events:
+            if transcript is not None:
+                if event.startswith(_DONE):
+                    transcript.add(event)
+                    await records.record(
+                        conversation_id=cid, new_turns=turns, reply=transcript.text,
+                        claim=claim if transcript.replayable else None,
+                        stored=StoredResponse(200, transcript.body(), {
+                            "content-type": "text/event-stream; charset=utf-8", **headers}),
+                    )
+                    finished = True
+                else:
+                    transcript.add(event)
             yield event
+        finished = True
     except UpstreamFailure as exc:
-        log.warning("stream failed after it started", extra={"request_id": request_id,
-                                                             "reason": exc.reason})
-        from app.errors import UpstreamError
-
-        problem = UpstreamError("The provider's stream failed before it finished.").problem(
-            request_id)
-        yield b"event: error\ndata: " + json.dumps(problem).encode() + b"\n\n"
+        log.warning("stream failed after it started",
+                    extra={"request_id": request_id, "reason": exc.reason})
+        problem = UpstreamError("The provider's stream failed before it finished.")
+        yield _error_event(problem, request_id)
     except KeelError as exc:
-        yield b"event: error\ndata: " + json.dumps(exc.problem(request_id)).encode() + b"\n\n"
+        yield _error_event(exc, request_id)
+    finally:
+        if recording and not finished:
+            await records.abandon(claim)
+
+
+def _error_event(exc: KeelError, request_id: str) -> bytes:
+    return b"event: error\ndata: " + json.dumps(exc.problem(request_id)).encode() + b"\n\n"
 
 
 @router.get("/v1/models")

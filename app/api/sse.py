@@ -26,21 +26,28 @@ async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -
     """Run ``work``; raise ``ClientDisconnected`` (having cancelled it) if the client leaves.
 
     Only valid once the request body has been read: from then on ``receive()`` returns only
-    ``http.disconnect``. Plain asyncio tasks rather than a task group, so ``work``'s own
-    exception reaches the caller as itself, not wrapped in an ExceptionGroup.
+    ``http.disconnect``. The work runs in the caller's task (its exceptions arrive as
+    themselves) and one watcher task cancels it when the client hangs up.
     """
-    job = asyncio.ensure_future(work())
-    watcher = asyncio.ensure_future(_disconnected(receive))
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(receive)
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.create_task(watch())
     try:
-        await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work()
+    except asyncio.CancelledError:
+        if gone and current.uncancel() == 0:
+            raise ClientDisconnected from None
+        raise
     finally:
         watcher.cancel()
-        if not job.done():
-            job.cancel()
-        await asyncio.gather(job, watcher, return_exceptions=True)
-    if job.cancelled():
-        raise ClientDisconnected
-    return job.result()
 
 
 async def _disconnected(receive: Receive) -> None:

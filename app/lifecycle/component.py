@@ -29,6 +29,7 @@ from app.lifecycle.manifest import load_manifest
 from app.lifecycle.progress import ProgressHub
 from app.lifecycle.service import LifecycleService
 from app.lifecycle.storage import FreeSpace, StorageRoots, disk_free
+from app.lifecycle.transport import download_transport
 from app.settings import DownloadSettings, Settings
 
 log = logging.getLogger("keel.lifecycle")
@@ -45,7 +46,7 @@ def download_client(settings: DownloadSettings, pool: HashPool,
     timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.stall_s + 5.0,
                             write=settings.connect_timeout_s, pool=settings.connect_timeout_s)
     return httpx.AsyncClient(
-        transport=transport or httpx.AsyncHTTPTransport(limits=limits, retries=0),
+        transport=transport or download_transport(limits),
         mounts={"file://": FileTransport(pool, settings.chunk_bytes)},
         timeout=timeout,
         limits=limits,

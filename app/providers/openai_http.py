@@ -39,6 +39,15 @@ class OpenAIHTTPProvider:
         self.name = name
         self.settings = settings
         headers = {"Accept-Encoding": "identity"}
+        limits = httpx.Limits(
+            max_connections=settings.max_concurrency,
+            max_keepalive_connections=min(settings.max_concurrency, 64),
+            keepalive_expiry=30.0,
+        )
+        if transport is None and settings.http_transport == "aiohttp":
+            from httpx_aiohttp import AiohttpTransport
+
+            transport = AiohttpTransport(limits=limits, trust_env=False)
         key = settings.api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -51,11 +60,7 @@ class OpenAIHTTPProvider:
                 write=settings.connect_timeout_s,
                 pool=settings.max_queue_wait_s + settings.connect_timeout_s,
             ),
-            limits=httpx.Limits(
-                max_connections=settings.max_concurrency,
-                max_keepalive_connections=min(settings.max_concurrency, 64),
-                keepalive_expiry=30.0,
-            ),
+            limits=limits,
             transport=transport,
             follow_redirects=False,
         )

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from app.providers.base import Provider
+from app.providers.chat_records import ChatRecords
 from app.providers.chat_service import ChatService
 from app.providers.openai_http import OpenAIHTTPProvider
 from app.providers.router import ModelRouter
@@ -40,6 +41,8 @@ def providers_component(
                                                    providers.items()})
             state["guards"] = guards
             state["chat"] = ChatService(settings, router, providers, guards, state["metrics"])
+            state["chat_records"] = ChatRecords(
+                state["db"], state["conversations"], state["idempotency"])
             yield
         finally:
             for provider in providers.values():

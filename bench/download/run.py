@@ -7,8 +7,9 @@ its own process). Each round runs, in turn:
 
 - ``curl -s -o OUT URL``                         (transfer only)
 - ``curl -s -o OUT URL && sha256sum OUT``       (what a careful script does)
-- Keel, a real ``keel serve`` process: ``POST /v1/lifecycle/models/bench/download``, then poll
-  ``GET /v1/lifecycle/models/bench`` until ``installed`` — transfer, SHA-256, fsync, rename.
+- Keel, a real ``keel serve`` process: ``POST /v1/lifecycle/models/bench/download``, then
+  follow ``GET /v1/lifecycle/models/bench/events`` (SSE) until ``ready`` — transfer, SHA-256,
+  fsync, rename, all measured from the client's side.
 
 Every figure is the file size over wall-clock time, in MB/s (10^6 bytes). The median of the
 rounds is reported with the two ratios the targets are stated in. All files are deleted at
@@ -73,18 +74,19 @@ def timed(cmd: str) -> float:
 
 def keel_once(keel_url: str, model_dir: Path) -> float:
     shutil.rmtree(model_dir, ignore_errors=True)
-    with httpx.Client(base_url=keel_url, timeout=30.0) as c:
+    with httpx.Client(base_url=keel_url, timeout=httpx.Timeout(30.0, read=None)) as c:
         t = time.perf_counter()
         r = c.post("/v1/lifecycle/models/bench/download")
         assert r.status_code == 202, r.text
-        while True:
-            view = c.get("/v1/lifecycle/models/bench").json()
-            if view["state"] == "installed":
-                elapsed = time.perf_counter() - t
-                break
-            if view["state"] == "error":
-                raise RuntimeError(view)
-            time.sleep(0.01)
+        # Follow the SSE progress stream to the end, as `keel models pull` does.
+        with c.stream("GET", "/v1/lifecycle/models/bench/events") as events:
+            last = ""
+            for line in events.iter_lines():
+                if line.startswith("data:"):
+                    last = line
+        elapsed = time.perf_counter() - t
+        if '"phase":"ready"' not in last:
+            raise RuntimeError(last)
     shutil.rmtree(model_dir, ignore_errors=True)
     return elapsed
 

@@ -1,0 +1,101 @@
+"""Idempotent chat and conversation persistence: what a chat turn leaves behind."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.fakes.servers import ServerThread
+from tests.fakes.upstream import FakeUpstream
+from tests.integration.chat.conftest import chat_body
+
+
+def test_same_key_calls_the_upstream_once(keel: ServerThread, upstream: FakeUpstream) -> None:
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        first = c.post("/v1/chat/completions", json=chat_body("once"),
+                       headers={"Idempotency-Key": "chat-key-1"})
+        second = c.post("/v1/chat/completions", json=chat_body("once"),
+                        headers={"Idempotency-Key": "chat-key-1"})
+        reused = c.post("/v1/chat/completions", json=chat_body("other"),
+                        headers={"Idempotency-Key": "chat-key-1"})
+    assert first.status_code == second.status_code == 200
+    assert second.content == first.content
+    assert second.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert upstream.calls == 1
+    assert reused.status_code == 422
+    assert reused.json()["code"] == "idempotency_key_reused"
+
+
+def test_streaming_retry_replays_the_stored_stream(
+    keel: ServerThread, upstream: FakeUpstream
+) -> None:
+    body = chat_body("stream me", stream=True)
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        first = c.post("/v1/chat/completions", json=body, headers={"Idempotency-Key": "s-1"})
+        second = c.post("/v1/chat/completions", json=body, headers={"Idempotency-Key": "s-1"})
+    assert first.status_code == second.status_code == 200
+    assert second.headers["content-type"].startswith("text/event-stream")
+    assert second.text == first.text and first.text.rstrip().endswith("data: [DONE]")
+    assert second.headers["idempotent-replayed"] == "true"
+    assert upstream.calls == 1
+
+
+def test_failed_request_releases_its_key(keel: ServerThread, upstream: FakeUpstream) -> None:
+    upstream.faults.statuses.append(400)
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        failed = c.post("/v1/chat/completions", json=chat_body(), headers={"Idempotency-Key": "k"})
+        retried = c.post("/v1/chat/completions", json=chat_body(), headers={"Idempotency-Key": "k"})
+    assert failed.status_code == 400
+    assert retried.status_code == 200
+    assert "idempotent-replayed" not in retried.headers
+    assert upstream.calls == 2
+
+
+def _conversation(c: httpx.Client) -> str:
+    resp = c.post("/v1/conversations", json={"title": "chat"})
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+def test_conversation_gets_both_turns_in_one_version(
+    keel: ServerThread, upstream: FakeUpstream
+) -> None:
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        cid = _conversation(c)
+        before = c.get(f"/v1/conversations/{cid}").json()["version"]
+        resp = c.post("/v1/chat/completions", json=chat_body("remember me", conversation_id=cid))
+        assert resp.status_code == 200, resp.text
+        conv = c.get(f"/v1/conversations/{cid}").json()
+        assert conv["version"] == before + 1
+        assert [(m["role"], m["content"]) for m in conv["messages"]] == [
+            ("user", "remember me"), ("assistant", "echo: remember me")]
+        assert "conversation_id" not in (upstream.requests[-1].body or {})
+
+        streamed = c.post("/v1/chat/completions",
+                          json=chat_body("and this", conversation_id=cid, stream=True))
+        assert streamed.text.rstrip().endswith("data: [DONE]")
+        conv = c.get(f"/v1/conversations/{cid}").json()
+        assert conv["version"] == before + 2
+        assert conv["messages"][-1]["role"] == "assistant"
+        assert conv["messages"][-1]["content"].startswith("echo:")
+
+
+def test_failed_or_broken_turn_writes_nothing(keel: ServerThread, upstream: FakeUpstream) -> None:
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        cid = _conversation(c)
+        version = c.get(f"/v1/conversations/{cid}").json()["version"]
+        upstream.faults.statuses.append(400)
+        assert c.post("/v1/chat/completions",
+                      json=chat_body("x", conversation_id=cid)).status_code == 400
+        upstream.faults.drop_after_chunks = 1
+        upstream.faults.chunks = 4
+        broken = c.post("/v1/chat/completions",
+                        json=chat_body("y", conversation_id=cid, stream=True))
+        assert "event: error" in broken.text
+        conv = c.get(f"/v1/conversations/{cid}").json()
+        assert conv["version"] == version
+        assert conv["messages"] == []
+        missing = c.post("/v1/chat/completions",
+                         json=chat_body("z", conversation_id="no-such-conversation"))
+        assert missing.status_code == 404
+    assert upstream.calls == 2  # the missing conversation was refused before any upstream call

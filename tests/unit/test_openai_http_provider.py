@@ -1,0 +1,95 @@
+"""Narrow tests of the HTTP provider's mapping, with respx instead of a server."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import respx
+
+from app.providers.openai_http import OpenAIHTTPProvider
+from app.resilience.clock import MonotonicClock
+from app.resilience.deadline import Deadline
+from app.resilience.failures import UpstreamFailure
+from app.settings import ProviderSettings
+
+BASE = "http://upstream.test/v1"
+
+
+def _provider() -> OpenAIHTTPProvider:
+    return OpenAIHTTPProvider("cloud", ProviderSettings(base_url=BASE, models=["m"]))
+
+
+def _deadline() -> Deadline:
+    return Deadline.after(5, MonotonicClock())
+
+
+@respx.mock
+async def test_success_relays_bytes_and_rewrites_model() -> None:
+    route = respx.post(f"{BASE}/chat/completions").mock(
+        return_value=httpx.Response(200, content=b'{"id":"x"}'))
+    provider = _provider()
+    done = await provider.complete({"model": "route", "messages": []}, "m", _deadline())
+    assert done.body == b'{"id":"x"}'
+    assert b'"model":"m"' in route.calls.last.request.content
+    await provider.aclose()
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable", "caller"),
+    [(400, False, True), (401, False, True), (404, False, True), (408, True, False),
+     (429, True, False), (500, True, False), (502, True, False), (503, True, False),
+     (504, True, False), (501, False, False)],
+)
+@respx.mock
+async def test_status_mapping(status: int, retryable: bool, caller: bool) -> None:
+    respx.post(f"{BASE}/chat/completions").mock(
+        return_value=httpx.Response(status, headers={"Retry-After": "7"}, json={"e": "x"}))
+    provider = _provider()
+    with pytest.raises(UpstreamFailure) as info:
+        await provider.complete({"messages": []}, "m", _deadline())
+    assert info.value.status_code == status
+    assert info.value.retryable is retryable
+    assert info.value.caller_error is caller
+    assert info.value.retry_after == 7
+    await provider.aclose()
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [(httpx.ConnectError("x"), "connect"), (httpx.ReadTimeout("x"), "timeout"),
+     (httpx.RemoteProtocolError("x"), "reset"), (httpx.ReadError("x"), "reset")],
+)
+@respx.mock
+async def test_transport_errors_are_retryable_failures(exc: Exception, reason: str) -> None:
+    respx.post(f"{BASE}/chat/completions").mock(side_effect=exc)
+    provider = _provider()
+    with pytest.raises(UpstreamFailure) as info:
+        await provider.complete({"messages": []}, "m", _deadline())
+    assert info.value.reason == reason
+    assert info.value.retryable
+    await provider.aclose()
+
+
+@respx.mock
+async def test_stream_without_done_is_a_committed_failure() -> None:
+    respx.post(f"{BASE}/chat/completions").mock(return_value=httpx.Response(
+        200, content=b'data: {"a":1}\n\ndata: {"a":2}\n\n',
+        headers={"content-type": "text/event-stream"}))
+    provider = _provider()
+    stream = await provider.open_stream({"messages": []}, "m", _deadline())
+    seen = []
+    with pytest.raises(UpstreamFailure) as info:
+        async for event in stream.events(5):
+            seen.append(event)
+    assert seen == [b'data: {"a":1}\n\n', b'data: {"a":2}\n\n']
+    assert info.value.committed and info.value.reason == "stream_truncated"
+    await stream.aclose()
+    await provider.aclose()
+
+
+def test_api_key_comes_from_env_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUD_KEY_T", "sk-secret")
+    cfg = ProviderSettings(base_url=BASE, api_key_env="CLOUD_KEY_T")
+    assert "sk-secret" not in cfg.model_dump_json()
+    provider = OpenAIHTTPProvider("cloud", cfg)
+    assert provider._client.headers["authorization"] == "Bearer sk-secret"

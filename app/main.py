@@ -111,8 +111,8 @@ def create_app(
     )
     app.include_router(chat.router)
     app.include_router(health.router)
-    app.include_router(lifecycle_api.router)
     app.include_router(conversations.router)
+    app.include_router(lifecycle_api.router)
     app.include_router(diagnostics.router)
     return app
 

@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -162,6 +170,31 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _routes_and_overrides(self) -> Settings:
+        for route, targets in self.routes.items():
+            if not targets:
+                raise ValueError(f"routes.{route}: needs at least one target")
+            for target in targets:
+                provider, sep, model = target.partition("/")
+                if not sep or not model or provider not in self.providers:
+                    raise ValueError(
+                        f"routes.{route}: target {target!r} names no configured provider")
+        for name, p in self.providers.items():
+            for section, model_cls, defaults in (
+                ("retry", RetrySettings, self.resilience.retry),
+                ("breaker", BreakerSettings, self.resilience.breaker),
+            ):
+                overrides = getattr(p, section)
+                try:
+                    model_cls.model_validate({**defaults.model_dump(), **overrides})
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    where = ".".join(str(x) for x in err["loc"])
+                    raise ValueError(f"providers.{name}.{section}.{where}: {err['msg']}"
+                                     ) from None
+        return self
+
     @property
     def effective_database_url(self) -> str:
         if self.database_url:
@@ -210,16 +243,15 @@ class ConfigError(Exception):
 
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings, turning pydantic's report into one line per the start-up contract."""
-    from pydantic import ValidationError
-
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = "__".join(str(p) for p in first["loc"]).upper()
-        name = f"KEEL_{loc}" if loc else "configuration"
         msg = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"invalid setting {name}: {msg}") from None
+        if not loc:  # a check across settings: the message names them itself
+            raise ConfigError(f"invalid configuration: {msg}") from None
+        raise ConfigError(f"invalid setting KEEL_{loc}: {msg}") from None
     except ValueError as exc:  # malformed TOML or env JSON
         raise ConfigError(f"invalid configuration: {str(exc).splitlines()[0]}") from None
 

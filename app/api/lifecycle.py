@@ -1,23 +1,28 @@
 """Model lifecycle endpoints: models, downloads, progress events, verify, delete, storage roots.
 
-Thin: parse, call ``LifecycleService``, render. Errors are raised from the catalogue.
+Thin: parse, call ``LifecycleService``, render. Errors are raised from the catalogue. The two
+POSTs that start downloads honour ``Idempotency-Key`` (``app/store/idempotency.py``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.deps import DatabaseDep
 from app.lifecycle.component import STATE_KEY
 from app.lifecycle.manifest import Capability
 from app.lifecycle.progress import ProgressEvent
 from app.lifecycle.service import LifecycleService
 from app.lifecycle.storage import StorageConfig
+from app.store.database import Database
+from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
+from app.store.idempotency_http import IdempotencyDep, IdempotencyKeyDep, json_stored, to_response
 
 router = APIRouter(prefix="/v1/lifecycle", tags=["lifecycle"])
 
@@ -60,16 +65,41 @@ async def get_model(model_id: str, lc: LifecycleDep) -> dict[str, Any]:
     return lc.model_view(lc.manager.model(model_id))
 
 
+async def _once(key: IdempotencyRequest | None, idempotency: Idempotency, db: Database,
+                action: Callable[[], Awaitable[tuple[int, dict[str, Any]]]]) -> Response:
+    """Run ``action`` at most once per ``Idempotency-Key``: a repeat replays the first answer.
+
+    Starting a download is not a store write alone (a task starts), so the key is claimed
+    first, the job started, then the answer recorded; a failure releases the claim.
+    """
+    if key is None:
+        status, payload = await action()
+        return JSONResponse(payload, status_code=status)
+    got = await idempotency.begin(key)
+    if isinstance(got, StoredResponse):
+        return to_response(got)
+    async with idempotency.held(got) as claim:
+        status, payload = await action()
+        stored = json_stored(status, payload)
+        async with db.write() as conn:
+            await idempotency.complete(conn, claim, stored)
+    return to_response(stored)
+
+
 @router.post("/models/{model_id}/download")
-async def download_model(model_id: str, lc: LifecycleDep, dry_run: DryRun = False
-                         ) -> JSONResponse:
+async def download_model(model_id: str, lc: LifecycleDep, key: IdempotencyKeyDep,
+                         idempotency: IdempotencyDep, db: DatabaseDep,
+                         dry_run: DryRun = False) -> Response:
     model = lc.manager.model(model_id)
-    result = await lc.download([model], dry_run=dry_run)
     if dry_run:
-        return JSONResponse(result)
-    job = result["jobs"][0] if result["jobs"] else None
-    return JSONResponse({"job": job, "model": result["models"][0]},
-                        status_code=202 if job else 200)
+        return JSONResponse(await lc.download([model], dry_run=True))
+
+    async def start() -> tuple[int, dict[str, Any]]:
+        result = await lc.download([model], dry_run=False)
+        job = result["jobs"][0] if result["jobs"] else None
+        return (202 if job else 200), {"job": job, "model": result["models"][0]}
+
+    return await _once(key, idempotency, db, start)
 
 
 @router.delete("/models/{model_id}/download")
@@ -80,13 +110,19 @@ async def cancel_model_download(model_id: str, lc: LifecycleDep) -> dict[str, An
 
 
 @router.post("/downloads")
-async def download_bundle(body: BundleRequest, lc: LifecycleDep, dry_run: DryRun = False
-                          ) -> JSONResponse:
+async def download_bundle(body: BundleRequest, lc: LifecycleDep, key: IdempotencyKeyDep,
+                          idempotency: IdempotencyDep, db: DatabaseDep,
+                          dry_run: DryRun = False) -> Response:
     ids = list(dict.fromkeys(body.models))
     models = [lc.manager.model(i) for i in ids]
-    result = await lc.download(models, dry_run=dry_run or body.dry_run)
-    status = 202 if result.get("jobs") else 200
-    return JSONResponse(result, status_code=status)
+    if dry_run or body.dry_run:
+        return JSONResponse(await lc.download(models, dry_run=True))
+
+    async def start() -> tuple[int, dict[str, Any]]:
+        result = await lc.download(models, dry_run=False)
+        return (202 if result["jobs"] else 200), result
+
+    return await _once(key, idempotency, db, start)
 
 
 @router.get("/downloads")

@@ -16,32 +16,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import logging
-import os
 import random
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from app.lifecycle.answers import (
+    body_stream,
+    check_content_range,
+    check_length,
+    content_range,
+    disk_failure,
+    network_reason,
+    status_failure,
+)
 from app.lifecycle.file_transport import request_url
-from app.lifecycle.hashing import Hasher, HashPool, fsync_dir
+from app.lifecycle.hashing import Hasher, HashPool
 from app.lifecycle.manifest import FileSpec
-from app.lifecycle.partial import PartialPaths, Sidecar
+from app.lifecycle.partial import PartialPaths, Sidecar, open_partial, promote
 from app.lifecycle.retry_policy import DownloadFailure, FailureKind, RetryPolicy
 from app.lifecycle.writer import BatchWriter
 from app.observability.metrics import Metrics
-from app.resilience.backoff import parse_retry_after
 from app.settings import DownloadSettings
 
 log = logging.getLogger("keel.downloads")
 
-_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
-_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _FLUSH_IDLE_S = 0.5  # a slow stream still reaches the disk this often
 
 
@@ -122,9 +125,9 @@ class Downloader:
         await report(FileProgress("promoting", spec.name, spec.size, spec.size, state.attempt,
                                   0, 0.0))
         try:
-            await self.pool.run(_promote, paths)
+            await self.pool.run(promote, paths)
         except OSError as exc:
-            raise _disk_failure(exc) from exc
+            raise disk_failure(exc) from exc
 
     async def _attempt(self, model_id: str, spec: FileSpec, paths: PartialPaths,
                        state: _AttemptState, report: Reporter) -> None:
@@ -158,7 +161,7 @@ class Downloader:
                                                  report)
                     return
                 if offset and status == 206:
-                    _check_content_range(resp, offset, spec.size)
+                    check_content_range(resp, offset, spec.size)
                     resumed = True
                     self.metrics.download_resumes.labels(model=model_id).inc()
                 elif status == 200:
@@ -166,15 +169,15 @@ class Downloader:
                         log.info("server ignored the range; restarting from byte 0",
                                  extra={"model": model_id, "file": spec.name})
                     offset, state.carry = 0, None
-                    _check_length(resp, spec.size)
+                    check_length(resp, spec.size)
                 else:
-                    raise _status_failure(resp)
+                    raise status_failure(resp)
                 sidecar.etag = resp.headers.get("etag")
                 sidecar.last_modified = resp.headers.get("last-modified")
                 sidecar.bytes = offset
                 hasher = state.carry.hasher.copy() if state.carry else hashlib.sha256()
                 await self.pool.run(paths.write_sidecar, sidecar)
-                fd = await self.pool.run(_open_partial, paths.partial, offset)
+                fd = await self.pool.run(open_partial, paths.partial, offset)
                 writer = BatchWriter(self.pool.strand(), fd, hasher, offset,
                                      self.settings.write_queue_depth)
                 try:
@@ -192,12 +195,12 @@ class Downloader:
             failure.resumed = resumed
             raise
         except httpx.TransportError as exc:
-            net = DownloadFailure(FailureKind.NETWORK, _network_reason(exc),
+            net = DownloadFailure(FailureKind.NETWORK, network_reason(exc),
                                   "The connection to the download server failed.")
             net.resumed = resumed
             raise net from exc
         except OSError as exc:
-            disk = _disk_failure(exc)
+            disk = disk_failure(exc)
             disk.resumed = resumed
             raise disk from exc
 
@@ -206,7 +209,7 @@ class Downloader:
         offset: int, resp: httpx.Response, report: Reporter,
     ) -> None:
         """416 to a resume: if the partial already holds the whole file, verify it in place."""
-        total = _content_range(resp.headers.get("content-range", ""))[2]
+        total = content_range(resp.headers.get("content-range", ""))[2]
         if offset != spec.size or total not in (None, spec.size):
             raise DownloadFailure(FailureKind.HTTP, "range_not_satisfiable",
                                   "The server could not resume the download.", restart=True)
@@ -246,7 +249,7 @@ class Downloader:
 
         try:
             async with asyncio.timeout(s.stall_s) as watchdog:
-                async for chunk in resp.aiter_bytes():
+                async for chunk in body_stream(resp):
                     n = len(chunk)
                     received += n
                     if received > limit:
@@ -287,7 +290,7 @@ class Downloader:
                 raise DownloadFailure(FailureKind.NETWORK, "stalled",
                                       f"No data arrived for {s.stall_s:g} s.") from None
             if isinstance(exc, OSError):
-                raise _disk_failure(exc) from exc
+                raise disk_failure(exc) from exc
             raise
         finally:
             self.metrics.download_bytes.labels(model=model_id).inc(received - counted)
@@ -297,82 +300,3 @@ class Downloader:
         rate = received / max(loop.time() - started, 1e-6)
         await report(FileProgress("downloading", spec.name, spec.size, spec.size, attempt,
                                   offset, rate))
-
-
-def _open_partial(path: Path, offset: int) -> int:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        os.ftruncate(fd, offset)
-        os.lseek(fd, offset, os.SEEK_SET)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _promote(paths: PartialPaths) -> None:
-    """fsync the verified partial, rename it into place, fsync the directory."""
-    fd = os.open(paths.partial, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(paths.partial, paths.final)
-    fsync_dir(paths.final.parent)
-    with contextlib.suppress(FileNotFoundError):
-        paths.sidecar.unlink()
-
-
-def _content_range(value: str) -> tuple[int | None, int | None, int | None]:
-    m = _CONTENT_RANGE.match(value.strip())
-    if not m:
-        return None, None, None
-    start, end, total = m.groups()
-    return (int(start) if start else None, int(end) if end else None,
-            int(total) if total and total != "*" else None)
-
-
-def _check_content_range(resp: httpx.Response, offset: int, size: int) -> None:
-    start, end, total = _content_range(resp.headers.get("content-range", ""))
-    if start != offset or (total is not None and total != size) or (
-            end is not None and end != size - 1):
-        raise DownloadFailure(FailureKind.HTTP, "bad_content_range",
-                              "The server resumed at the wrong place.", restart=True)
-
-
-def _check_length(resp: httpx.Response, size: int) -> None:
-    encoding = resp.headers.get("content-encoding", "identity").lower()
-    length = resp.headers.get("content-length")
-    if encoding == "identity" and length is not None and length.isdigit() and int(length) != size:
-        raise DownloadFailure(FailureKind.FINAL, "size_mismatch",
-                              "The server's file is not the size the manifest says.",
-                              code="checksum_mismatch", restart=True)
-
-
-def _status_failure(resp: httpx.Response) -> DownloadFailure:
-    status = resp.status_code
-    if status in _RETRYABLE_STATUS:
-        after = resp.headers.get("retry-after")
-        return DownloadFailure(
-            FailureKind.HTTP, "http_429" if status == 429 else f"http_{status // 100}xx",
-            f"The download server answered HTTP {status}.",
-            retry_after=parse_retry_after(after) if after else None)
-    return DownloadFailure(FailureKind.FINAL, f"http_{status // 100}xx",
-                           f"The download server refused the file (HTTP {status}).")
-
-
-def _network_reason(exc: httpx.TransportError) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    if isinstance(exc, httpx.ConnectError):
-        return "connect_error"
-    return "network_error"
-
-
-def _disk_failure(exc: OSError) -> DownloadFailure:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DownloadFailure(FailureKind.FINAL, "disk_full", "The storage root is full.",
-                               code="insufficient_storage")
-    return DownloadFailure(FailureKind.FINAL, "disk_error",
-                           "Writing the model file failed.", code="download_failed",
-                           retryable=False)

@@ -32,6 +32,7 @@ from app.lifecycle.jobs import JobRecord, JobRepository, utcnow
 from app.lifecycle.manifest import Manifest, ModelSpec
 from app.lifecycle.partial import PartialPaths
 from app.lifecycle.paths import UnsafeName, check_model_id
+from app.lifecycle.plan import ModelPlan, plan_model
 from app.lifecycle.progress import ProgressEvent, ProgressHub
 from app.lifecycle.retry_policy import DownloadFailure
 from app.lifecycle.storage import StorageRoots, device_of
@@ -45,37 +46,6 @@ Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 USER_CANCEL = "user"
 SHUTDOWN = "shutdown"
-
-
-@dataclass(slots=True)
-class FilePlan:
-    name: str
-    size: int
-    path: Path
-    installed: bool
-    partial_bytes: int
-
-    @property
-    def to_fetch(self) -> int:
-        return 0 if self.installed else self.size - self.partial_bytes
-
-
-@dataclass(slots=True)
-class ModelPlan:
-    model: ModelSpec
-    files: list[FilePlan]
-
-    @property
-    def installed(self) -> bool:
-        return all(f.installed for f in self.files)
-
-    @property
-    def to_fetch(self) -> int:
-        return sum(f.to_fetch for f in self.files)
-
-    @property
-    def on_disk(self) -> int:
-        return sum(f.size if f.installed else f.partial_bytes for f in self.files)
 
 
 @dataclass(slots=True)
@@ -119,6 +89,7 @@ class DownloadManager:
         self._slots = asyncio.Semaphore(settings.max_concurrent)
         self.running: dict[str, RunningJob] = {}
         self.outcomes: dict[str, JobRecord] = {}  # last finished job per model
+        self._tasks: set[asyncio.Task[None]] = set()
         self._finished: Counter[str] = Counter()
 
     # -- lookups -------------------------------------------------------------------------
@@ -135,16 +106,7 @@ class DownloadManager:
         return spec
 
     def plan(self, model: ModelSpec) -> ModelPlan:
-        files = []
-        for spec in model.files:
-            path = self.storage.file_path(model, spec)
-            try:
-                installed = path.stat().st_size == spec.size
-            except OSError:
-                installed = False
-            partial = 0 if installed else min(PartialPaths(path).size(), spec.size)
-            files.append(FilePlan(spec.name, spec.size, path, installed, partial))
-        return ModelPlan(model, files)
+        return plan_model(self.storage, model)
 
     def free_bytes(self, path: Path) -> int:
         return self.storage.free_space(path)
@@ -189,11 +151,12 @@ class DownloadManager:
                 run = self._register(record, plan.model)
                 created.append(run)
             out.append((plan, run))
-        for run in created:
+        for i, run in enumerate(created):
             try:
                 await self.jobs.insert(run.record)
             except BaseException:
-                self.running.pop(run.model.id, None)
+                for unsaved in created[i:]:  # registered but never started: forget them
+                    self._forget(unsaved)
                 raise
             self._transition(run, "none", "queued", "requested")
             self._launch(run)
@@ -207,21 +170,22 @@ class DownloadManager:
 
     def _launch(self, run: RunningJob) -> None:
         run.task = self._spawn(self._run(run), f"download:{run.model.id}")
+        self._tasks.add(run.task)
+        run.task.add_done_callback(self._tasks.discard)
         self._update_gauges()
 
     async def resume_unfinished(self) -> None:
         """Resume the jobs a crash or shutdown interrupted (called once at start-up)."""
         for record in await self.jobs.unfinished():
             model = self.manifest.get(record.model_id)
-            reason = None
             if model is None:
-                reason = ("model_not_found", "The model is no longer in the manifest.")
-            elif record.model_id in self.running:
-                reason = ("superseded", "Another job for this model was resumed.")
-            if reason is not None:
-                await self._finish_row(record, "failed", *reason)
+                await self._finish_row(record, "failed", "model_not_found",
+                                       "The model is no longer in the manifest.")
                 continue
-            assert model is not None
+            if record.model_id in self.running:
+                await self._finish_row(record, "failed", "superseded",
+                                       "Another job for this model was resumed.")
+                continue
             plan = self.plan(model)
             try:
                 self.preflight([plan])
@@ -317,18 +281,24 @@ class DownloadManager:
         record.error_code, record.error_message = code, message
         record.error_retryable = retryable if code else None
         record.finished_at, record.duration_s = utcnow(), duration
-        self._publish(run, phase, None, error=record.error())
-        self._transition(run, old, state, code or "done")
-        self._finished[state] += 1
-        self._forget(run)
-        self.outcomes[record.model_id] = record
+        # The row first: once the model reads as installed (or failed), its job is recorded.
+        save = asyncio.ensure_future(self.jobs.save(
+            record, "state", "phase", "bytes_done", "error_code", "error_message",
+            "error_retryable", "finished_at", "duration_s"))
         try:
-            await self.jobs.save(record, "state", "phase", "bytes_done", "error_code",
-                                 "error_message", "error_retryable", "finished_at",
-                                 "duration_s")
+            await asyncio.shield(save)
+        except asyncio.CancelledError:
+            await save  # a shutdown arriving now waits for the outcome to be recorded
+            raise
         except Exception:
             log.exception("could not save the end of a download job",
                           extra={"model": record.model_id})
+        finally:
+            self._publish(run, phase, None, error=record.error())
+            self._transition(run, old, state, code or "done")
+            self._finished[state] += 1
+            self.outcomes[record.model_id] = record
+            self._forget(run)
 
     def _forget(self, run: RunningJob) -> None:
         if self.running.get(run.model.id) is run:
@@ -348,13 +318,14 @@ class DownloadManager:
         return run.record
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
-        tasks = [r.task for r in self.running.values() if r.task is not None]
+        """Cancel running jobs as a shutdown and wait (bounded) for every job task to end."""
         for run in self.running.values():
-            run.cancel_reason = SHUTDOWN
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace_s)
+            if run.cancel_reason is None:
+                run.cancel_reason = SHUTDOWN
+            if run.task is not None:
+                run.task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
 
     def _remove_partials(self, model: ModelSpec) -> None:
         for spec in model.files:

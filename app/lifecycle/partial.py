@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from app.lifecycle.hashing import fsync_dir
 from app.lifecycle.manifest import FileSpec
 from app.lifecycle.paths import PARTIAL_SUFFIX, SIDECAR_SUFFIX
 
@@ -76,3 +77,27 @@ class PartialPaths:
         for path in (self.partial, self.sidecar):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def open_partial(path: Path, offset: int) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def promote(paths: PartialPaths) -> None:
+    """fsync the verified partial, rename it into place, fsync the directory."""
+    fd = os.open(paths.partial, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(paths.partial, paths.final)
+    fsync_dir(paths.final.parent)
+    with contextlib.suppress(FileNotFoundError):
+        paths.sidecar.unlink()

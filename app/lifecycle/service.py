@@ -20,9 +20,10 @@ from typing import Any
 from app.errors import ChecksumMismatch, ModelNotReady, NotFound
 from app.lifecycle.hashing import HashPool
 from app.lifecycle.jobs import JobRecord, JobRepository, percent, utcnow
-from app.lifecycle.manager import DownloadManager, ModelPlan
+from app.lifecycle.manager import DownloadManager
 from app.lifecycle.manifest import ModelSpec
 from app.lifecycle.paths import PARTIAL_SUFFIX, SIDECAR_SUFFIX
+from app.lifecycle.plan import ModelPlan
 from app.lifecycle.progress import ProgressEvent, ProgressHub
 from app.lifecycle.storage import StorageRoots
 from app.settings import DownloadSettings

@@ -47,8 +47,8 @@ def _message(row: Sequence[Any]) -> StoredMessage:  # the _MESSAGE columns, in o
     return Message(mid, seq, role, content, as_utc(created_at)), checksum
 
 
-_INSERT_CONVERSATION = Prepared(insert(C))
-_INSERT_MESSAGE = Prepared(insert(M))
+_INSERT_CONVERSATION = Prepared(insert(C), column_keys=[c.key for c in C.c])
+_INSERT_MESSAGE = Prepared(insert(M), column_keys=[c.key for c in M.c])
 _HEAD_BY_ID = select(*_HEAD).where(C.c.id == bindparam("p_id"), C.c.deleted_at.is_(None))
 
 

@@ -22,14 +22,22 @@ Two ways to use it:
 
         got = await idempotency.begin(key)
         if isinstance(got, StoredResponse):
-            return replay_response(got)          # no upstream call
+            return to_response(got)              # replayed: no upstream call
         async with idempotency.held(got) as claim:  # abandons on error or cancellation
             answer = await call_upstream()
-            body = render(answer)
+            response = json_stored(200, render(answer))
             async with db.write() as conn:
                 await conversations.append(conn, conversation_id, [user_turn, assistant_turn])
-                await idempotency.complete(conn, claim, StoredResponse(200, body, headers))
-        return Response(body, headers=headers)
+                await idempotency.complete(conn, claim, response)
+        return to_response(response)
+
+    (``to_response`` and ``json_stored`` are in ``idempotency_http``.)
+
+Rules: validate the request before ``begin``/``run`` (validation failures are never stored);
+only a completed response is stored, so an error rolls back (a) or is abandoned (b) and a
+retry runs again; ``run`` and ``begin`` open their own transactions, so never call them inside
+``db.write()`` (on SQLite that would wait for itself); inside a transaction of your own use
+``claim(conn, ...)`` + ``complete(conn, ...)``. A dry run calls ``peek`` (read-only).
 
 Rows expire ``idempotency_ttl_s`` after the claim; ``sweep`` deletes expired rows in bounded
 batches and the lifespan runs it every ``sweep_interval_s``.

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import bindparam, delete, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.store.sqlite_fastpath import Prepared
 from app.store.tables import idempotency_keys as K
 from app.store.timeutil import as_utc
 
@@ -51,33 +52,42 @@ class ClaimStamp:
                 "lease_expires_at": self.lease_expires_at}
 
 
-async def try_insert(conn: AsyncConnection, *, key: str, scope: str, stamp: ClaimStamp) -> bool:
-    """Insert an in_progress row unless (key, scope) exists; True when inserted.
+_COLUMNS = [c.key for c in K.c]
+_INSERT = {
+    # ON CONFLICT DO NOTHING: on PostgreSQL a concurrent uncommitted insert of the same key
+    # makes this wait for that transaction, so a twin sees the outcome instead of racing it.
+    "sqlite": Prepared(sqlite.insert(K).on_conflict_do_nothing(
+        index_elements=[K.c.key, K.c.scope]), column_keys=_COLUMNS),
+    "postgresql": Prepared(postgresql.insert(K).on_conflict_do_nothing(
+        index_elements=[K.c.key, K.c.scope])),
+}
+_ROW = (K.c.fingerprint, K.c.state, K.c.owner, K.c.status_code, K.c.response_body,
+        K.c.response_headers, K.c.expires_at, K.c.lease_expires_at)
+_GET = Prepared(select(*_ROW).where(K.c.key == bindparam("p_key"),
+                                    K.c.scope == bindparam("p_scope")), _ROW)
+_COMPLETE = Prepared(
+    update(K).where(K.c.key == bindparam("p_key"), K.c.scope == bindparam("p_scope"),
+                    K.c.owner == bindparam("p_owner"), K.c.state == IN_PROGRESS)
+    .values(state=COMPLETED, status_code=bindparam("p_status", type_=K.c.status_code.type),
+            response_body=bindparam("p_body", type_=K.c.response_body.type),
+            response_headers=bindparam("p_headers", type_=K.c.response_headers.type),
+            lease_expires_at=None))
 
-    On PostgreSQL a concurrent uncommitted insert of the same key makes this wait for that
-    transaction, so a twin request sees the committed outcome instead of racing it.
-    """
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    values = {"key": key, "scope": scope, **stamp.values()}
-    stmt = dialect.insert(K).values(values).on_conflict_do_nothing(
-        index_elements=[K.c.key, K.c.scope])
-    result = await conn.execute(stmt)
-    return result.rowcount == 1
+
+async def try_insert(conn: AsyncConnection, *, key: str, scope: str, stamp: ClaimStamp) -> bool:
+    """Insert an in_progress row unless (key, scope) exists; True when inserted."""
+    statement = _INSERT["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    return await statement.execute(conn, {"key": key, "scope": scope, **stamp.values()}) == 1
 
 
 async def get(conn: AsyncConnection, *, key: str, scope: str) -> KeyRow | None:
-    row = (await conn.execute(
-        select(K.c.fingerprint, K.c.state, K.c.owner, K.c.status_code, K.c.response_body,
-               K.c.response_headers, K.c.expires_at, K.c.lease_expires_at)
-        .where(K.c.key == key, K.c.scope == scope)
-    )).first()
-    if row is None:
+    rows = await _GET.fetch(conn, {"p_key": key, "p_scope": scope})
+    if not rows:
         return None
+    fingerprint, state, owner, status, body, headers, expires_at, lease_expires_at = rows[0]
     return KeyRow(
-        row.fingerprint, row.state, row.owner, row.status_code,
-        bytes(row.response_body) if row.response_body is not None else None,
-        row.response_headers, as_utc(row.expires_at),
-        as_utc(row.lease_expires_at) if row.lease_expires_at is not None else None,
+        fingerprint, state, owner, status, bytes(body) if body is not None else None, headers,
+        as_utc(expires_at), as_utc(lease_expires_at) if lease_expires_at is not None else None,
     )
 
 
@@ -95,12 +105,10 @@ async def complete(
     conn: AsyncConnection, *, key: str, scope: str, owner: str, status_code: int, body: bytes,
     headers: dict[str, str],
 ) -> bool:
-    result = await conn.execute(
-        update(K).where(K.c.key == key, K.c.scope == scope, K.c.owner == owner,
-                        K.c.state == IN_PROGRESS)
-        .values(state=COMPLETED, status_code=status_code, response_body=body,
-                response_headers=headers, lease_expires_at=None))
-    return result.rowcount == 1
+    changed = await _COMPLETE.execute(conn, {
+        "p_key": key, "p_scope": scope, "p_owner": owner, "p_status": status_code,
+        "p_body": body, "p_headers": headers})
+    return changed == 1
 
 
 async def release(conn: AsyncConnection, *, key: str, scope: str, owner: str) -> bool:

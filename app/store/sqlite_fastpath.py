@@ -28,9 +28,11 @@ class Prepared:
     """A Core statement that runs on the driver connection on SQLite, through SQLAlchemy
     elsewhere. Rows come back as plain tuples in ``columns`` order either way."""
 
-    def __init__(self, stmt: Executable, columns: Sequence[ColumnElement[Any]] = ()) -> None:
+    def __init__(self, stmt: Executable, columns: Sequence[ColumnElement[Any]] = (),
+                 column_keys: Sequence[str] | None = None) -> None:
         self.stmt = stmt
         self.columns = tuple(columns)
+        self.column_keys = list(column_keys) if column_keys is not None else None
         self._dialect: Dialect | None = None
         self._sql = ""
         self._names: tuple[str, ...] = ()
@@ -43,9 +45,9 @@ class Prepared:
         """Execute and return every row."""
         if conn.dialect.name != "sqlite":
             return [tuple(r) for r in (await conn.execute(self.stmt, dict(values))).all()]
-        driver = await _driver(conn)
-        cursor = await driver.execute(self._sql, self._params(conn, values))
-        rows = await cursor.fetchall()  # drains the statement, so COMMIT finds it reset
+        params = self._params(conn, values)  # compiles on first use, so before self._sql
+        # One round trip that also drains the statement, so COMMIT finds it reset.
+        rows = await _driver(conn).execute_fetchall(self._sql, params)
         return [tuple(v if p is None else p(v) for p, v in zip(self._results, row, strict=True))
                 for row in rows]
 
@@ -53,8 +55,8 @@ class Prepared:
         """Execute without rows; returns the number of rows changed."""
         if conn.dialect.name != "sqlite":
             return int((await conn.execute(self.stmt, dict(values))).rowcount)
-        driver = await _driver(conn)
-        cursor = await driver.execute(self._sql, self._params(conn, values))
+        params = self._params(conn, values)
+        cursor = await _driver(conn).execute(self._sql, params)
         return int(cursor.rowcount)
 
     async def execute_many(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]
@@ -62,8 +64,8 @@ class Prepared:
         if conn.dialect.name != "sqlite":
             await conn.execute(self.stmt, [dict(r) for r in rows])
             return
-        driver = await _driver(conn)
-        await driver.executemany(self._sql, [self._params(conn, r) for r in rows])
+        params = [self._params(conn, r) for r in rows]
+        await _driver(conn).executemany(self._sql, params)
 
     def _params(self, conn: AsyncConnection, values: Mapping[str, Any]) -> tuple[Any, ...]:
         if self._dialect is not conn.dialect:
@@ -71,12 +73,13 @@ class Prepared:
         out = []
         for name, default, process in zip(self._names, self._defaults, self._binds,
                                           strict=True):
-            value = values[name] if name in values else default
+            value = values.get(name, default)
             out.append(value if process is None else process(value))
         return tuple(out)
 
     def _compile(self, dialect: Dialect) -> None:
-        compiled = self.stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
+        compiled = self.stmt.compile(  # type: ignore[attr-defined]
+            dialect=dialect, column_keys=self.column_keys)
         if "POSTCOMPILE" in compiled.string or compiled.positiontup is None:
             raise ValueError("fast-path statements take plain positional parameters only")
         binds = compiled.binds
@@ -91,7 +94,10 @@ class Prepared:
         self._dialect = dialect
 
 
-async def _driver(conn: AsyncConnection) -> Any:
-    """The aiosqlite connection under the caller's transaction (SQLAlchemy's public API)."""
-    raw = await conn.get_raw_connection()
-    return raw.driver_connection
+def _driver(conn: AsyncConnection) -> Any:
+    """The aiosqlite connection under the caller's transaction.
+
+    ``sync_connection.connection`` is the pooled DBAPI connection the transaction already
+    holds (no I/O); ``driver_connection`` is the aiosqlite object behind SQLAlchemy's adapter.
+    """
+    return conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]

@@ -57,7 +57,8 @@ def test_config_precedence_and_redaction(tmp_path: Path) -> None:
 
 def test_keel_config_env_points_at_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "elsewhere.toml"
-    cfg.write_text("[routes]\nchat = [\"cloud/small\"]\n")
+    cfg.write_text('[providers.cloud]\nbase_url = "http://127.0.0.1:9/v1"\nmodels = ["small"]\n'
+                   '[routes]\nchat = ["cloud/small"]\n')
     monkeypatch.setenv("KEEL_CONFIG", str(cfg))
     assert Settings().routes == {"chat": ["cloud/small"]}
 

@@ -14,7 +14,8 @@ SIZE = 300_000
 async def test_clean_download_installs_verified_file(harness: Harness) -> None:
     data = payload(SIZE)
     harness.model("tiny", data)
-    async with asgi_client(harness.app()) as client:
+    running = asgi_client(harness.app())
+    async with running as client:
         resp = await client.post("/v1/lifecycle/models/tiny/download")
         assert resp.status_code == 202, resp.text
         job = resp.json()["job"]
@@ -24,6 +25,10 @@ async def test_clean_download_installs_verified_file(harness: Harness) -> None:
         assert view["progress"] == {"bytes": SIZE, "total": SIZE, "percent": 100.0}
         done = (await client.get(f"/v1/lifecycle/downloads/{job['id']}")).json()
         metrics = (await client.get("/metrics")).text
+        timeline = [(t.subject, t.from_state, t.to_state)
+                    for t in running.manager._state["timeline"].last()]
+    assert timeline == [("download:tiny", "none", "queued"), ("download:tiny", "queued", "running"),
+                        ("download:tiny", "running", "succeeded")]
     assert done["state"] == "succeeded"
     assert sha256(harness.final("tiny").read_bytes()) == sha256(data)
     assert harness.leftovers("tiny") == []

@@ -90,7 +90,7 @@ async def test_network_retries_are_bounded(harness: Harness) -> None:
 async def test_stall_is_detected_and_resumed(harness: Harness) -> None:
     harness.model("tiny", payload(SIZE))
     harness.server.faults.stalls = [50_000]
-    view, metrics = await _download(harness, stall_s=0.3)
+    view, metrics = await _download(harness, stall_s=1.0)
     assert view["state"] == "installed", view
     _first, second = harness.server.gets()
     assert second.range is not None

@@ -204,3 +204,46 @@ async def test_file_urls_download_like_http(harness: Harness) -> None:
             "installed"
     assert harness.final("local").read_bytes() == data
     assert harness.server.requests == []
+
+
+async def test_idempotency_key_replays_the_first_answer(harness: Harness) -> None:
+    harness.model("tiny", payload(SIZE))
+    harness.model("other", payload(SIZE, 3))
+    async with asgi_client(harness.app()) as client:
+        key = {"Idempotency-Key": "pull-tiny-1"}
+        first = await client.post("/v1/lifecycle/models/tiny/download", headers=key)
+        assert first.status_code == 202
+        assert (await wait_state(client, "tiny", {"installed", "error"}))["state"] == "installed"
+        again = await client.post("/v1/lifecycle/models/tiny/download", headers=key)
+        assert again.status_code == 202  # the first answer, not "already installed"
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json()["job"]["id"] == first.json()["job"]["id"]
+        other = await client.post("/v1/lifecycle/models/other/download", headers=key)
+        assert other.status_code == 422
+        assert other.json()["code"] == "idempotency_key_reused"
+        bundle = {"Idempotency-Key": "bundle-1"}
+        b1 = await client.post("/v1/lifecycle/downloads", json={"models": ["other"]},
+                               headers=bundle)
+        b2 = await client.post("/v1/lifecycle/downloads", json={"models": ["other"]},
+                               headers=bundle)
+        assert b1.status_code == b2.status_code == 202
+        assert b2.json() == b1.json()
+        assert b2.headers["idempotent-replayed"] == "true"
+        await wait_state(client, "other", {"installed", "error"})
+    assert len(harness.server.gets()) == 2
+    assert len(await _job_rows(harness)) == 2
+
+
+async def test_a_refused_request_does_not_burn_its_idempotency_key(harness: Harness) -> None:
+    harness.model("tiny", payload(SIZE))
+    free = {"bytes": 10}
+    app = harness.app(free_space=lambda path: free["bytes"])
+    async with asgi_client(app) as client:
+        key = {"Idempotency-Key": "retry-me"}
+        refused = await client.post("/v1/lifecycle/models/tiny/download", headers=key)
+        assert refused.status_code == 507
+        free["bytes"] = 10**9
+        accepted = await client.post("/v1/lifecycle/models/tiny/download", headers=key)
+        assert accepted.status_code == 202
+        assert "idempotent-replayed" not in accepted.headers
+        await wait_state(client, "tiny", {"installed", "error"})

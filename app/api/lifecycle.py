@@ -1,7 +1,7 @@
 """Model lifecycle endpoints: models, downloads, progress events, verify, delete, storage roots.
 
-Thin: parse, call ``LifecycleService``, render. Errors are raised from the catalogue. The two
-POSTs that start downloads honour ``Idempotency-Key`` (``app/store/idempotency.py``).
+Thin: parse, call ``LifecycleService``, render. Errors are raised from the catalogue. Every
+POST honours ``Idempotency-Key`` (``app/store/idempotency.py``).
 """
 
 from __future__ import annotations
@@ -172,8 +172,14 @@ def _sse(event: ProgressEvent) -> bytes:
 
 
 @router.post("/models/{model_id}/verify")
-async def verify_model(model_id: str, lc: LifecycleDep) -> dict[str, Any]:
-    return await lc.verify(lc.manager.model(model_id))
+async def verify_model(model_id: str, lc: LifecycleDep, key: IdempotencyKeyDep,
+                       idempotency: IdempotencyDep, db: DatabaseDep) -> Response:
+    model = lc.manager.model(model_id)
+
+    async def verify() -> tuple[int, dict[str, Any]]:
+        return 200, await lc.verify(model)
+
+    return await _once(key, idempotency, db, verify)
 
 
 @router.delete("/models/{model_id}")

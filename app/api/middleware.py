@@ -41,6 +41,8 @@ class KeelMiddleware:
         self.metrics = metrics
         self.token = api_token.encode() if api_token else None
         self.max_body = max_body_bytes
+        # labels() costs a lock and a dict walk per call; the label sets are few and bounded.
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,8 +132,16 @@ class KeelMiddleware:
         # Dry runs promise no side effects, metrics included; scrapes do not count themselves.
         dry_run = b"dry_run=true" in scope.get("query_string", b"")
         if not dry_run and path not in _UNMETERED_PATHS:
-            self.metrics.http_requests.labels(route=route, method=method, status=str(status)).inc()
-            self.metrics.http_latency.labels(route=route, method=method).observe(elapsed)
+            key = (route, method, str(status))
+            series = self._series.get(key)
+            if series is None:
+                series = (
+                    self.metrics.http_requests.labels(route=route, method=method, status=key[2]),
+                    self.metrics.http_latency.labels(route=route, method=method),
+                )
+                self._series[key] = series
+            series[0].inc()
+            series[1].observe(elapsed)
         log.info(
             "%s %s %d", method, path, status,
             extra={"request_id": request_id, "route": route, "status": status,
@@ -139,5 +149,10 @@ class KeelMiddleware:
         )
 
 
-def _headers(scope: Scope) -> dict[str, Any]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+_WANTED = frozenset({b"x-request-id", b"authorization", b"content-length"})
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """Only the headers this middleware reads (ASGI header names are already lower-case)."""
+    return {k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope["headers"] if k in _WANTED}

@@ -129,7 +129,8 @@ class ConversationService:
         if dry_run:
             cur = await self._current(conn, conversation_id, precondition)
             return _replace(cur, version=cur.version + 1, updated_at=now,
-                            fields_version=cur.version + 1, **fields)
+                            fields_version=cur.version + 1 if fields else cur.fields_version,
+                            **fields)
         new = await repo.bump(conn, conversation_id, allowed=precondition.allowed_versions(),
                               now=now, fields=fields)
         return new if new is not None else await self._refused(conn, conversation_id,

@@ -68,8 +68,15 @@ class HttpConnection:
         self.writer.close()
 
 
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a process (or of one of its threads) from /proc."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def keel_server(data_dir: Path, port: int, extra_env: dict[str, str]) -> Iterator[str]:
+def keel_server(data_dir: Path, port: int, extra_env: dict[str, str]) -> Iterator[int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     env.update({"KEEL_DATA_DIR": str(data_dir), "KEEL_PORT": str(port),
                 "KEEL_HOST": "127.0.0.1", "KEEL_LOG_FORMAT": "json", **extra_env})
@@ -86,7 +93,7 @@ def keel_server(data_dir: Path, port: int, extra_env: dict[str, str]) -> Iterato
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("keel did not start; see keel.log") from None
                 time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
+        yield proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -94,7 +101,7 @@ def keel_server(data_dir: Path, port: int, extra_env: dict[str, str]) -> Iterato
 
 
 async def http_bench(port: int, concurrency: int, seconds: float, warmup: float,
-                     idempotency: bool) -> dict[str, float]:
+                     idempotency: bool, server_pid: int | None = None) -> dict[str, float]:
     conns = [HttpConnection("127.0.0.1", port) for _ in range(concurrency)]
     for c in conns:
         await c.open()
@@ -125,16 +132,29 @@ async def http_bench(port: int, concurrency: int, seconds: float, warmup: float,
 
     tasks = [asyncio.create_task(worker(c, i)) for c, i in zip(conns, ids, strict=True)]
     await asyncio.sleep(warmup)
+    cpu0 = _server_cpu(server_pid)
     measuring = True
     started = time.perf_counter()
     await asyncio.sleep(seconds)
     measuring = False
     duration = time.perf_counter() - started
+    cpu1 = _server_cpu(server_pid)
     stop = True
     await asyncio.gather(*tasks)
     for c in conns:
         c.close()
-    return _summary(latencies, duration, errors)
+    result = _summary(latencies, duration, errors)
+    if cpu0 and cpu1 and latencies:
+        result["server_cpu_us"] = (cpu1[0] - cpu0[0]) / len(latencies) * 1e6
+        result["main_thread_cpu_us"] = (cpu1[1] - cpu0[1]) / len(latencies) * 1e6
+    return result
+
+
+def _server_cpu(pid: int | None) -> tuple[float, float] | None:
+    """(whole process, event-loop thread) CPU seconds; the loop thread's id is the pid."""
+    if pid is None or not Path(f"/proc/{pid}/stat").exists():
+        return None
+    return cpu_seconds(pid), cpu_seconds(pid, pid)
 
 
 def sqlite_bench(path: Path, count: int, synchronous: str) -> dict[str, float]:
@@ -212,14 +232,15 @@ def main(argv: list[str] | None = None) -> int:
                                       args.idempotency_keys))
         print(_line("HTTP append (running Keel)", http))
         return 0
+    load_before = _loadavg()
     with tempfile.TemporaryDirectory(prefix="keel-bench-") as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
         env = {"KEEL_LOG_LEVEL": args.log_level, "KEEL_STORE__SQLITE_SYNCHRONOUS": args.synchronous}
         port = _free_port()
-        with keel_server(data, port, env):
+        with keel_server(data, port, env) as pid:
             http = asyncio.run(http_bench(port, args.concurrency, args.seconds, args.warmup,
-                                          args.idempotency_keys))
+                                          args.idempotency_keys, pid))
         raw = sqlite_bench(Path(tmp) / "raw.db", max(1000, int(http["count"])), args.synchronous)
     print(f"cpus={os.cpu_count()} python={sys.version.split()[0]} "
           f"sqlite={sqlite3.sqlite_version} synchronous={args.synchronous} "
@@ -227,4 +248,15 @@ def main(argv: list[str] | None = None) -> int:
           f"idempotency_keys={args.idempotency_keys} log_level={args.log_level}")
     print(_line("HTTP append (Keel, 1 worker)", http))
     print(_line("raw sqlite3 append (1 thread)", raw))
+    if "main_thread_cpu_us" in http:
+        main_us = http["main_thread_cpu_us"]
+        print(f"Keel CPU per append: event-loop thread {main_us:.0f} us, whole process "
+              f"{http['server_cpu_us']:.0f} us (one free core for the loop: "
+              f"~{1e6 / main_us:,.0f}/s)")
+    print(f"load average before/after (other processes share the CPUs): {load_before} / "
+          f"{_loadavg()}")
     return 0
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])

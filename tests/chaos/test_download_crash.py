@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,7 @@ from tests.fakes.servers import KeelProcess
 SIZE = 3 * 1024 * 1024
 
 
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -27,7 +28,7 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
 
 @pytest.mark.slow
 @pytest.mark.chaos
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(30)
 def test_kill9_mid_download_resumes_after_restart(tmp_path: Path) -> None:
     data = random.Random(6).randbytes(SIZE)
     data_dir = tmp_path / "data"
@@ -49,7 +50,7 @@ def test_kill9_mid_download_resumes_after_restart(tmp_path: Path) -> None:
         try:
             resp = httpx.post(f"{keel.url}/v1/lifecycle/models/crash/download", timeout=10)
             assert resp.status_code == 202, resp.text
-            _wait(lambda: partial.exists() and partial.stat().st_size >= 512 * 1024, 20,
+            _wait(lambda: partial.exists() and partial.stat().st_size >= 512 * 1024, 10,
                   "the partial never grew")
             keel.kill9()
         finally:
@@ -67,7 +68,7 @@ def test_kill9_mid_download_resumes_after_restart(tmp_path: Path) -> None:
                 assert view["state"] != "error", view
                 return bool(view["state"] == "installed")
 
-            _wait(installed, 20, "the download did not resume by itself")
+            _wait(installed, 10, "the download did not resume by itself")
         finally:
             keel.stop()
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -13,6 +16,7 @@ from tests.conftest import asgi_client
 from tests.fakes.servers import ServerThread
 from tests.integration.lifecycle.conftest import Harness, payload, wait_state
 
+T = TypeVar("T")
 SIZE = 150_000
 TOKEN = "t0ken-for-tests-0123456789"
 
@@ -131,10 +135,8 @@ def test_pull_command_reads_host_port_and_token(harness: Harness,
     assert "cannot reach Keel" in capsys.readouterr().err
 
 
-async def _in_thread(fn, *args):  # type: ignore[no-untyped-def]
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     """The import command runs its own event loop; keep it off the test's."""
-    import asyncio
-
     return await asyncio.to_thread(fn, *args)
 
 

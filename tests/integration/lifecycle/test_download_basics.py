@@ -53,7 +53,8 @@ async def test_dropped_connection_resumes_with_range_and_if_range(harness: Harne
     first, second = harness.server.gets()
     assert first.range is None
     assert second.status == 206
-    start = int(second.range.removeprefix("bytes=").rstrip("-"))  # type: ignore[union-attr]
+    assert second.range is not None
+    start = int(second.range.removeprefix("bytes=").rstrip("-"))
     assert 0 < start <= 120_000
     assert second.if_range == harness.server.files[name].etag
     assert sha256(harness.final("tiny").read_bytes()) == sha256(data)

@@ -128,6 +128,11 @@ async def test_unsafe_manifest_names_stop_startup(harness: Harness, field: str,
             pass
 
 
+def _first_error_field(body: dict[str, Any]) -> str:
+    field: str = body["errors"][0]["field"]
+    return field
+
+
 async def test_storage_roots_validate_persist_and_route_downloads(harness: Harness,
                                                                    tmp_path: Path) -> None:
     harness.model("tiny", payload(1000))
@@ -142,10 +147,10 @@ async def test_storage_roots_validate_persist_and_route_downloads(harness: Harne
 
         body = assert_problem(await client.put("/v1/lifecycle/storage", json={
             "root": "relative/dir"}), 422, "validation_error")
-        assert body["errors"][0]["field"] == "root"
+        assert _first_error_field(body) == "root"
         body = assert_problem(await client.put("/v1/lifecycle/storage", json={
             "overrides": {"llm": str(custom)}}), 422, "validation_error")
-        assert body["errors"][0]["field"] == "overrides.llm"
+        assert _first_error_field(body) == "overrides.llm"
         assert "create" in str(body["detail"])
         assert str(custom) not in str(body)  # problems never echo paths
         assert_problem(await client.put("/v1/lifecycle/storage", json={

@@ -8,6 +8,8 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
+
 from app.lifecycle import writer as writer_module
 from app.lifecycle.hashing import HashPool, writev_all
 from app.lifecycle.writer import BatchWriter
@@ -42,9 +44,10 @@ async def test_strand_keeps_order_on_a_shared_pool(tmp_path: Path) -> None:
 
 
 async def test_batch_writer_hashes_and_writes_off_the_loop(tmp_path: Path,
-                                                          monkeypatch) -> None:  # type: ignore[no-untyped-def]
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
     threads: set[str] = set()
-    real = writer_module.writev_all
+    real = writev_all
 
     def spy(fd: int, chunks: list[bytes]) -> None:
         threads.add(threading.current_thread().name)
@@ -71,7 +74,8 @@ async def test_batch_writer_hashes_and_writes_off_the_loop(tmp_path: Path,
     assert threading.main_thread().name not in threads
 
 
-def test_writev_all_finishes_short_writes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_writev_all_finishes_short_writes(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "out"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     monkeypatch.setattr(os, "writev", lambda fd, chunks: os.write(fd, chunks[0][:3]))

@@ -43,7 +43,9 @@ def test_extra_manifests_are_colon_separated(tmp_path: Path) -> None:
                         f'url = "file:///srv/{model_id}.bin"\nsha256 = "{SHA}"\nsize = 5\n')
     manifest = load_manifest(f"{a}:{b}")
     assert [m.id for m in manifest] == ["gemma3-270m", "alpha", "beta"]
-    assert manifest.get("beta").files[0].url == "file:///srv/beta.bin"  # type: ignore[union-attr]
+    beta = manifest.get("beta")
+    assert beta is not None
+    assert beta.files[0].url == "file:///srv/beta.bin"
 
 
 @pytest.mark.parametrize(("overrides", "needle"), [

@@ -61,4 +61,6 @@ async def test_get_waits_for_the_next_event() -> None:
     waiter = asyncio.create_task(sub.get(5))
     await asyncio.sleep(0)
     hub.publish(_event("queued", 0))
-    assert (await waiter).phase == "queued"  # type: ignore[union-attr]
+    event = await waiter
+    assert event is not None
+    assert event.phase == "queued"

@@ -17,9 +17,9 @@ def _policy(**kw: float) -> RetryPolicy:
                        rng=random.Random(1))
 
 
-def _fail(kind: FailureKind, **kw: object) -> DownloadFailure:
-    resumed = bool(kw.pop("resumed", False))
-    failure = DownloadFailure(kind, "x", "m", **kw)  # type: ignore[arg-type]
+def _fail(kind: FailureKind, *, resumed: bool = False, retry_after: float | None = None,
+          restart: bool = False) -> DownloadFailure:
+    failure = DownloadFailure(kind, "x", "m", retry_after=retry_after, restart=restart)
     failure.resumed = resumed
     return failure
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.settings import Settings  # noqa: E402
+from app.settings import Settings
 
 HEADER = [
     "# Every Keel setting with its default. Export them (or use your process manager's env file).",

@@ -76,7 +76,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-class asgi_client:  # noqa: N801  # reads as a context-manager function at call sites
+class asgi_client:  # reads as a context-manager function at call sites
     """An httpx client wired to the app in-process, with the lifespan running."""
 
     def __init__(self, app: FastAPI, headers: dict[str, str] | None = None) -> None:
@@ -103,7 +103,7 @@ def live_server(app: FastAPI) -> Iterator[ServerThread]:
         yield server
 
 
-class _pg_database:  # noqa: N801
+class _pg_database:
     """CREATE DATABASE keel_t_<random> for one test and drop it afterwards."""
 
     async def __aenter__(self) -> str:

@@ -1,4 +1,4 @@
-"""Running Keel for real: in a thread (fast, for integration tests) or as a process (crash tests)."""
+"""Running Keel for real: in a thread (fast, for integration tests) or as a process (crashes)."""
 
 from __future__ import annotations
 

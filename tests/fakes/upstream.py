@@ -119,16 +119,16 @@ class FakeUpstream:
         f = self.faults
         if path.endswith("/models") and method == "GET":
             data = {"object": "list", "data": [
-                {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]}
+                {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
+                for m in self.models]}
             await _send(writer, 200, json.dumps(data).encode())
             return True
         if f.reset_rate and self.rng.random() < f.reset_rate:
             writer.transport.abort()
             return False
-        if f.latency_s:
-            if await _client_gone_within(reader, f.latency_s):
-                self.disconnects.append(time.monotonic())
-                return False
+        if f.latency_s and await _client_gone_within(reader, f.latency_s):
+            self.disconnects.append(time.monotonic())
+            return False
         status = 200
         if f.statuses:
             status = f.statuses.popleft()
@@ -137,7 +137,8 @@ class FakeUpstream:
         if status != 200:
             err = {"error": {"message": f"{MARKER} internal stack at /srv/upstream.py",
                              "type": "server_error", "code": status}}
-            extra = {"Retry-After": f.retry_after} if f.retry_after and status in (429, 503) else {}
+            extra = ({"Retry-After": f.retry_after}
+                     if f.retry_after and status in (429, 503) else {})
             await _send(writer, status, json.dumps(err).encode(), extra)
             return True
         assert isinstance(body, dict)

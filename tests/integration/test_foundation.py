@@ -85,7 +85,8 @@ async def test_unhandled_exception_leaks_nothing(
         assert leak not in text
     assert body["retryable"] is False
     logged = [r for r in caplog.records if r.exc_info and getattr(r, "request_id", None)]
-    assert logged and logged[0].request_id == body["request_id"]  # type: ignore[attr-defined]
+    assert logged
+    assert logged[0].request_id == body["request_id"]  # type: ignore[attr-defined]
 
 
 async def test_validation_errors_name_fields_not_values(settings: Settings) -> None:

@@ -26,7 +26,8 @@ def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[
     [
         ({"KEEL_PORT": "eighty"}, "KEEL_PORT"),
         ({"KEEL_HOST": "0.0.0.0"}, "KEEL_API_TOKEN"),
-        ({"KEEL_RESILIENCE__BREAKER__FAILURE_RATE": "1.5"}, "KEEL_RESILIENCE__BREAKER__FAILURE_RATE"),
+        ({"KEEL_RESILIENCE__BREAKER__FAILURE_RATE": "1.5"},
+         "KEEL_RESILIENCE__BREAKER__FAILURE_RATE"),
     ],
 )
 def test_bad_settings_stop_startup_with_one_line(tmp_path: Path, env: dict[str, str],

@@ -77,12 +77,17 @@ async def test_stream_without_done_is_a_committed_failure() -> None:
         headers={"content-type": "text/event-stream"}))
     provider = _provider()
     stream = await provider.open_stream({"messages": []}, "m", _deadline())
-    seen = []
-    with pytest.raises(UpstreamFailure) as info:
+    seen: list[bytes] = []
+
+    async def drain() -> None:
         async for event in stream.events(5):
             seen.append(event)
+
+    with pytest.raises(UpstreamFailure) as info:
+        await drain()
     assert seen == [b'data: {"a":1}\n\n', b'data: {"a":2}\n\n']
-    assert info.value.committed and info.value.reason == "stream_truncated"
+    assert info.value.committed
+    assert info.value.reason == "stream_truncated"
     await stream.aclose()
     await provider.aclose()
 

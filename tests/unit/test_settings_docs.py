@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_env_example_lists_every_setting() -> None:
     spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "gen_env_example.py")
-    assert spec and spec.loader
+    assert spec is not None
+    assert spec.loader is not None
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     assert (ROOT / ".env.example").read_text() == gen.render(), (

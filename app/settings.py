@@ -81,7 +81,7 @@ class ProviderSettings(_Section):
     connect_timeout_s: float = Field(5.0, gt=0, le=600)
     # httpx's own pool, or aiohttp underneath httpx (httpx-aiohttp); docs/benchmarks.md has
     # the measurements behind the default.
-    http_transport: Literal["httpx", "aiohttp"] = "httpx"
+    http_transport: Literal["httpx", "aiohttp"] = "aiohttp"
     retry: dict[str, Any] = Field(default_factory=dict)
     breaker: dict[str, Any] = Field(default_factory=dict)
 

@@ -16,7 +16,7 @@ BASE = "http://upstream.test/v1"
 
 
 def _provider() -> OpenAIHTTPProvider:
-    return OpenAIHTTPProvider("cloud", ProviderSettings(base_url=BASE, models=["m"]))
+    return OpenAIHTTPProvider("cloud", ProviderSettings(base_url=BASE, models=["m"], http_transport="httpx"))
 
 
 def _deadline() -> Deadline:
@@ -94,7 +94,7 @@ async def test_stream_without_done_is_a_committed_failure() -> None:
 
 def test_api_key_comes_from_env_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLOUD_KEY_T", "sk-secret")
-    cfg = ProviderSettings(base_url=BASE, api_key_env="CLOUD_KEY_T")
+    cfg = ProviderSettings(base_url=BASE, api_key_env="CLOUD_KEY_T", http_transport="httpx")
     assert "sk-secret" not in cfg.model_dump_json()
     provider = OpenAIHTTPProvider("cloud", cfg)
     assert provider._client.headers["authorization"] == "Bearer sk-secret"

@@ -16,7 +16,9 @@ BASE = "http://upstream.test/v1"
 
 
 def _provider() -> OpenAIHTTPProvider:
-    return OpenAIHTTPProvider("cloud", ProviderSettings(base_url=BASE, models=["m"], http_transport="httpx"))
+    # respx patches httpx's own transport, so these narrow tests pin it.
+    settings = ProviderSettings(base_url=BASE, models=["m"], http_transport="httpx")
+    return OpenAIHTTPProvider("cloud", settings)
 
 
 def _deadline() -> Deadline:

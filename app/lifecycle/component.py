@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -38,15 +39,22 @@ STATE_KEY = "lifecycle"
 USER_AGENT = "keel/0.1 (model downloader)"
 
 
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                    "all_proxy")
+
+
 def download_client(settings: DownloadSettings, pool: HashPool,
                     transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=settings.max_concurrent + 2,
                           max_keepalive_connections=settings.max_concurrent)
+    if transport is None and not any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        # httpx applies proxy variables only to its own transport; behind a proxy, use that.
+        transport = download_transport(limits)
     # The read timeout is a backstop: the downloader's own stall watchdog fires first.
     timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.stall_s + 5.0,
                             write=settings.connect_timeout_s, pool=settings.connect_timeout_s)
     return httpx.AsyncClient(
-        transport=transport or download_transport(limits),
+        transport=transport,
         mounts={"file://": FileTransport(pool, settings.chunk_bytes)},
         timeout=timeout,
         limits=limits,

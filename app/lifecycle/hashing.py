@@ -107,13 +107,9 @@ class Strand:
                 fut.set_exception(exc)
 
 
-def writev_all(fd: int, chunks: list[bytes]) -> None:
-    """Write every byte of ``chunks`` at the file offset; one syscall in the common case."""
-    total = sum(len(c) for c in chunks)
-    done = os.writev(fd, chunks) if chunks else 0
-    if done == total:
-        return
-    rest = memoryview(b"".join(chunks))[done:]
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of ``data`` at the file offset; one syscall in the common case."""
+    rest = memoryview(data)
     while rest:
         n = os.write(fd, rest)
         rest = rest[n:]

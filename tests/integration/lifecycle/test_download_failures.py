@@ -119,10 +119,10 @@ async def test_disk_full_while_writing_is_final(harness: Harness,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     harness.model("tiny", payload(SIZE))
 
-    def full(fd: int, chunks: list[bytes]) -> None:
+    def full(fd: int, data: bytes | memoryview) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writer_module, "writev_all", full)
+    monkeypatch.setattr(writer_module, "write_all", full)
     view, metrics = await _download(harness)
     assert view["state"] == "error"
     assert view["error"]["code"] == "insufficient_storage"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.lifecycle import writer as writer_module
-from app.lifecycle.hashing import HashPool, writev_all
+from app.lifecycle.hashing import HashPool, write_all
 from app.lifecycle.writer import BatchWriter
 
 
@@ -47,13 +47,11 @@ async def test_batch_writer_hashes_and_writes_off_the_loop(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
     threads: set[str] = set()
-    real = writev_all
-
-    def spy(fd: int, chunks: list[bytes]) -> None:
+    def spy(fd: int, data: bytes | memoryview) -> None:
         threads.add(threading.current_thread().name)
-        real(fd, chunks)
+        write_all(fd, data)
 
-    monkeypatch.setattr(writer_module, "writev_all", spy)
+    monkeypatch.setattr(writer_module, "write_all", spy)
     pool = HashPool(2)
     path = tmp_path / "out"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
@@ -74,11 +72,12 @@ async def test_batch_writer_hashes_and_writes_off_the_loop(tmp_path: Path,
     assert threading.main_thread().name not in threads
 
 
-def test_writev_all_finishes_short_writes(tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_all_finishes_short_writes(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "out"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    monkeypatch.setattr(os, "writev", lambda fd, chunks: os.write(fd, chunks[0][:3]))
-    writev_all(fd, [b"hello", b"world"])
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data)[:3]))
+    write_all(fd, b"helloworld")
     os.close(fd)
     assert path.read_bytes() == b"helloworld"

@@ -1,20 +1,14 @@
-"""The ``keel`` command: serve, migrate, config (and ``models`` from the lifecycle package)."""
+"""The ``keel`` command: serve, migrate, config, and ``models`` (app/lifecycle/cli.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
 
 from app.settings import ConfigError, Settings, load_settings, redacted_dump
-
-Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
-EXTRA_COMMANDS: list[Registrar] = []
-"""Packages add sub-commands here (see app/lifecycle/cli.py)."""
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -60,16 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="migrate the database to head").set_defaults(handler=_migrate)
     sub.add_parser("config", help="print the effective configuration, secrets redacted"
                    ).set_defaults(handler=_config)
-    _load_extras()
-    for register in EXTRA_COMMANDS:
-        register(sub)
+    from app.lifecycle.cli import register as register_models
+
+    register_models(sub)
     return parser
-
-
-def _load_extras() -> None:
-    # Imported by name so the core CLI works before the lifecycle package has a CLI.
-    with contextlib.suppress(ModuleNotFoundError):
-        importlib.import_module("app.lifecycle.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,6 @@ copying it next to its final path, then fsyncs and renames it into place — the
 as a download (a file is never in its final path unverified).
 """
 
-# ruff: noqa: T201  # a command-line tool prints (as app/cli.py, which pyproject exempts)
 from __future__ import annotations
 
 import argparse
@@ -46,17 +45,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lst = msub.add_parser("list", help="list the manifest's models and their state")
     lst.add_argument("--url", help="Keel's base URL (default http://KEEL_HOST:KEEL_PORT)")
     lst.set_defaults(handler=_list)
-
-
-def _install() -> None:
-    # ``python -m app.cli`` runs the CLI as ``__main__``: register with that module too.
-    for name in ("app.cli", "__main__"):
-        extras = getattr(sys.modules.get(name), "EXTRA_COMMANDS", None)
-        if isinstance(extras, list) and register not in extras:
-            extras.append(register)
-
-
-_install()
 
 
 # -- pull --------------------------------------------------------------------------------

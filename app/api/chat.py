@@ -15,7 +15,14 @@ from pydantic import ValidationError
 
 from app.api.chat_schemas import MAX_CONTENT_CHARS, ChatRequest, content_chars
 from app.api.sse import ClientDisconnected, EventStreamResponse, until_disconnect
-from app.errors import KeelError, ModelNotFound, PayloadTooLarge, UpstreamError, ValidationFailed
+from app.errors import (
+    DeadlineExceeded,
+    KeelError,
+    ModelNotFound,
+    PayloadTooLarge,
+    UpstreamError,
+    ValidationFailed,
+)
 from app.observability.metrics import Metrics
 from app.providers.chat_records import (
     ChatRecords,
@@ -113,8 +120,10 @@ async def chat_completions(request: Request) -> Response:
     except ClientDisconnected:
         await records.abandon(claim)
         return _cancelled(metrics, "client_disconnect")
-    except BaseException:
+    except BaseException as exc:
         await records.abandon(claim)
+        if isinstance(exc, DeadlineExceeded):
+            metrics.cancellations.labels(reason="deadline").inc()
         raise
     headers = _answer_headers(answer)
 

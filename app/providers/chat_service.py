@@ -158,7 +158,7 @@ class ChatService:
                     self.metrics.fallbacks.labels(route=targets[0].provider).inc()
                 return answer
             except UpstreamFailure as exc:
-                attempts += 1
+                attempts += exc.attempts
                 mapped = self._map_failure(exc, deadline)
                 if isinstance(mapped, UpstreamRejected | DeadlineExceeded):
                     raise mapped from exc

@@ -46,6 +46,7 @@ class UpstreamFailure(Exception):
         self.status_code = status_code
         self.retry_after = retry_after
         self.committed = committed
+        self.attempts = 1  # set by the retrier to the attempts made before giving up
 
     @property
     def retryable(self) -> bool:

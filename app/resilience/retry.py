@@ -39,7 +39,7 @@ from app.resilience.backoff import compute_delay
 from app.resilience.budget import RetryBudget
 from app.resilience.clock import Clock
 from app.resilience.deadline import DEADLINE_DETAIL, Deadline
-from app.resilience.failures import Classification, classify
+from app.resilience.failures import Classification, UpstreamFailure, classify
 from app.settings import RetrySettings
 
 T = TypeVar("T")
@@ -121,6 +121,8 @@ class Retrier:
                 self._observer.on_attempt(attempt, "cancelled")
                 raise
             except Exception as exc:
+                if isinstance(exc, UpstreamFailure):
+                    exc.attempts = attempt
                 c = self._classify(exc)
                 self._observer.on_attempt(attempt, c.reason)
                 if not c.retryable:

@@ -182,7 +182,8 @@ async def test_client_giving_up_cancels_the_upstream_call(
         await asyncio.sleep(0.05)
     assert upstream.disconnects, "the upstream never saw the disconnect"
     assert upstream.disconnects[0] - gave_up < 1.0
-    metrics = (await httpx.AsyncClient(base_url=keel.url).get("/metrics")).text
+    async with httpx.AsyncClient(base_url=keel.url) as c:
+        metrics = (await c.get("/metrics")).text
     assert 'keel_cancellations_total{reason="client_disconnect"} 1.0' in metrics
 
 

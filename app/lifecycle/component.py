@@ -108,6 +108,7 @@ class LifecycleComponent:
             service = LifecycleService(manager=manager, storage=storage, jobs=jobs, hub=hub,
                                        pool=pool, settings=ds)
             state[STATE_KEY] = service
+            state["running_jobs"] = manager.running_jobs
             if state.get("schema_error"):
                 log.warning("database not migrated: downloads are not resumed")
             else:

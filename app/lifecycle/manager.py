@@ -94,6 +94,15 @@ class DownloadManager:
 
     # -- lookups -------------------------------------------------------------------------
 
+    def running_jobs(self) -> list[dict[str, Any]]:
+        """What ``/v1/diagnostics`` shows of the downloads in flight."""
+        return [
+            {"job": r.record.id, "kind": "download", "model": r.model.id,
+             "phase": r.record.phase, "bytes": r.record.bytes_done,
+             "total": r.record.bytes_total, "attempt": r.record.attempt}
+            for r in self.running.values()
+        ]
+
     def model(self, model_id: str) -> ModelSpec:
         try:
             check_model_id(model_id)

@@ -78,3 +78,19 @@ def test_serve_from_empty_directory_then_restart(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "keel.db").exists()
     # uvicorn re-raises SIGTERM after a graceful shutdown, so the exit status is -15.
     assert "Application shutdown complete" in proc.logs()
+
+
+async def test_keel_migrate_is_the_deploy_step(tmp_path: Path) -> None:
+    from app.main import create_app
+    from tests.conftest import asgi_client
+
+    data = tmp_path / "d"
+    app = create_app(Settings(data_dir=data, auto_migrate=False, log_format="text"))
+    async with asgi_client(app) as client:
+        assert (await client.get("/readyz")).status_code == 503
+    proc = _run(["-m", "app.cli", "migrate"], tmp_path, PYTHONPATH=str(ROOT),
+                KEEL_DATA_DIR=str(data))
+    assert proc.returncode == 0, proc.stderr
+    app = create_app(Settings(data_dir=data, auto_migrate=False, log_format="text"))
+    async with asgi_client(app) as client:
+        assert (await client.get("/readyz")).status_code == 200

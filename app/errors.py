@@ -50,7 +50,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("keel.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
-TYPE_BASE = "https://keel.dev/problems/"
+# Not dereferenceable on purpose: docs/errors.md is the documentation of every code.
+TYPE_BASE = "urn:keel:problem:"
 
 
 class KeelError(Exception):

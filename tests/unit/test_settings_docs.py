@@ -32,3 +32,11 @@ def test_bad_route_target_is_a_config_error() -> None:
 def test_dump_redacts_database_password() -> None:
     s = Settings(database_url="postgresql+asyncpg://keel:hunter2@db/keel")
     assert "hunter2" not in str(redacted_dump(s))
+
+
+def test_error_catalogue_is_documented() -> None:
+    from app.errors import catalogue
+
+    doc = (ROOT / "docs" / "errors.md").read_text()
+    for code, cls in catalogue().items():
+        assert f"| `{code}` | {cls.status_code} |" in doc, code

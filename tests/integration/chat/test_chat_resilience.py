@@ -25,6 +25,15 @@ def _problem(resp: httpx.Response, status: int, code: str) -> dict[str, object]:
     return body
 
 
+async def _upstream_saw_disconnect(upstream: FakeUpstream, within_s: float = 2.0) -> None:
+    """Poll (bounded) until the fake upstream records a client hang-up."""
+    for _ in range(int(within_s / 0.05)):
+        if upstream.disconnects:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the upstream never saw the disconnect")
+
+
 def test_succeeds_through_injected_503s(keel: ServerThread, upstream: FakeUpstream) -> None:
     upstream.faults.error_rate = 0.15
     ok = 0
@@ -176,11 +185,7 @@ async def test_client_giving_up_cancels_the_upstream_call(
         with pytest.raises(httpx.ReadTimeout):
             await c.post("/v1/chat/completions", json=chat_body(), timeout=0.5)
         gave_up = time.monotonic()
-    for _ in range(40):
-        if upstream.disconnects:
-            break
-        await asyncio.sleep(0.05)
-    assert upstream.disconnects, "the upstream never saw the disconnect"
+    await _upstream_saw_disconnect(upstream)
     assert upstream.disconnects[0] - gave_up < 1.0
     async with httpx.AsyncClient(base_url=keel.url) as c:
         metrics = (await c.get("/metrics")).text
@@ -200,11 +205,7 @@ async def test_client_leaving_a_stream_cancels_the_upstream(
             if line.startswith("data:"):
                 break
     left = time.monotonic()
-    for _ in range(40):
-        if upstream.disconnects:
-            break
-        await asyncio.sleep(0.05)
-    assert upstream.disconnects, "the upstream never saw the disconnect"
+    await _upstream_saw_disconnect(upstream)
     assert upstream.disconnects[0] - left < 1.0
     assert upstream.completed == 0
 

@@ -234,8 +234,8 @@ class BodyTooLarge(StarletteHTTPException):
 
 def catalogue() -> dict[str, type[KeelError]]:
     """Every code, for docs and tests; built from the class tree so it cannot drift."""
-    out: dict[str, type[KeelError]] = {"internal_error": KeelError}
-    stack: list[type[KeelError]] = [KeelError]
+    out: dict[str, type[KeelError]] = {}
+    stack: list[type[KeelError]] = list(KeelError.__subclasses__())
     while stack:
         cls = stack.pop()
         out[cls.code] = cls
@@ -309,16 +309,9 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     return problem_response(mapped, request_id_of(request))
 
 
-async def _unhandled_handler(request: Request, exc: Exception) -> Response:
-    rid = request_id_of(request)
-    log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
-    return problem_response(
-        InternalError("An internal error occurred; quote the request id when reporting it."), rid
-    )
-
-
 def install_error_handlers(app: FastAPI) -> None:
+    """Catalogue errors, validation and routing errors. Unknown exceptions are rendered by
+    ``KeelMiddleware``, which knows whether a response has already started."""
     app.add_exception_handler(KeelError, _keel_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
-    app.add_exception_handler(Exception, _unhandled_handler)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -181,18 +182,9 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"routes.{route}: target {target!r} names no configured provider")
         for name, p in self.providers.items():
-            for section, model_cls, defaults in (
-                ("retry", RetrySettings, self.resilience.retry),
-                ("breaker", BreakerSettings, self.resilience.breaker),
-            ):
-                overrides = getattr(p, section)
-                try:
-                    model_cls.model_validate({**defaults.model_dump(), **overrides})
-                except ValidationError as exc:
-                    err = exc.errors()[0]
-                    where = ".".join(str(x) for x in err["loc"])
-                    raise ValueError(f"providers.{name}.{section}.{where}: {err['msg']}"
-                                     ) from None
+            # ConfigError is not a ValueError: pydantic lets it through with its one-line text.
+            effective_retry(self.resilience.retry, p.retry, provider=name)
+            effective_breaker(self.resilience.breaker, p.breaker, provider=name)
         return self
 
     @property
@@ -239,6 +231,35 @@ def is_loopback(host: str) -> bool:
 
 class ConfigError(Exception):
     """A setting is invalid; the message is one line naming the setting."""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _merge(model: type[M], defaults: M, overrides: Mapping[str, Any], where: str) -> M:
+    try:
+        return model.model_validate({**defaults.model_dump(), **overrides})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {where}{'.' + field if field else ''}: {msg}") from None
+
+
+def effective_retry(
+    defaults: RetrySettings, overrides: Mapping[str, Any], *, provider: str | None = None
+) -> RetrySettings:
+    """``[resilience.retry]`` with ``[providers.<name>.retry]`` on top, validated."""
+    where = f"providers.{provider}.retry" if provider else "retry"
+    return _merge(RetrySettings, defaults, overrides, where)
+
+
+def effective_breaker(
+    defaults: BreakerSettings, overrides: Mapping[str, Any], *, provider: str | None = None
+) -> BreakerSettings:
+    """``[resilience.breaker]`` with ``[providers.<name>.breaker]`` on top, validated."""
+    where = f"providers.{provider}.breaker" if provider else "breaker"
+    return _merge(BreakerSettings, defaults, overrides, where)
 
 
 def load_settings(**overrides: Any) -> Settings:

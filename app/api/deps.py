@@ -12,17 +12,11 @@ from fastapi import Depends, Request
 
 from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
-from app.settings import Settings
 from app.store.database import Database
 
 
 def _state(request: Request, name: str) -> Any:
     return getattr(request.state, name)
-
-
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = _state(request, "settings")
-    return settings
 
 
 async def get_metrics(request: Request) -> Metrics:
@@ -40,13 +34,6 @@ async def get_db(request: Request) -> Database:
     return db
 
 
-async def get_request_id(request: Request) -> str:
-    rid: str = _state(request, "request_id")
-    return rid
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 TimelineDep = Annotated[Timeline, Depends(get_timeline)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
-RequestIdDep = Annotated[str, Depends(get_request_id)]

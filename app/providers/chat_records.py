@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +124,3 @@ class StreamTranscript:
     def body(self) -> bytes:
         return b"".join(self.raw)
 
-
-async def aiter_list(items: list[bytes]) -> AsyncIterator[bytes]:
-    for item in items:
-        yield item

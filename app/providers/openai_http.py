@@ -9,6 +9,7 @@ built and lives only in the client's default headers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -134,8 +135,6 @@ class HTTPChatStream:
         self._provider = provider
 
     async def events(self, idle_timeout_s: float) -> AsyncIterator[bytes]:
-        import asyncio
-
         buffer = b""
         chunks = self._resp.aiter_raw().__aiter__()
         saw_done = False

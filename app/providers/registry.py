@@ -6,8 +6,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
-
 from app.providers.base import Provider
 from app.providers.chat_records import ChatRecords
 from app.providers.chat_service import ChatService
@@ -16,12 +14,8 @@ from app.providers.router import ModelRouter
 from app.resilience.guard import ProviderGuard
 from app.settings import Settings
 
-TransportFactory = Callable[[str], httpx.AsyncBaseTransport | None]
 
-
-def providers_component(
-    transport_factory: TransportFactory | None = None,
-) -> Callable[[dict[str, Any]], Any]:
+def providers_component() -> Callable[[dict[str, Any]], Any]:
     @asynccontextmanager
     async def component(state: dict[str, Any]) -> AsyncIterator[None]:
         settings: Settings = state["settings"]
@@ -31,8 +25,7 @@ def providers_component(
             for name, cfg in settings.providers.items():
                 if cfg.kind != "openai":
                     continue  # local models join through the runtime (later issue)
-                transport = transport_factory(name) if transport_factory else None
-                providers[name] = OpenAIHTTPProvider(name, cfg, transport=transport)
+                providers[name] = OpenAIHTTPProvider(name, cfg)
                 guards[name] = ProviderGuard.from_settings(
                     name, cfg, settings.resilience,
                     metrics=state["metrics"], timeline=state["timeline"],

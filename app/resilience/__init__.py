@@ -16,9 +16,10 @@ from app.resilience.budget import RetryBudget
 from app.resilience.clock import Clock, FakeClock, MonotonicClock
 from app.resilience.deadline import Deadline
 from app.resilience.failures import Classification, UpstreamFailure, classify
-from app.resilience.guard import ProviderGuard, effective_breaker, effective_retry
+from app.resilience.guard import ProviderGuard
 from app.resilience.limiter import ConcurrencyLimiter
 from app.resilience.retry import Retrier, RetryPolicy
+from app.settings import effective_breaker, effective_retry
 
 __all__ = [
     "BreakerState",

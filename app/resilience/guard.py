@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
 
 from app.errors import CircuitOpen, DeadlineExceeded, KeelError, Overloaded
 from app.observability.metrics import Metrics
@@ -47,42 +45,16 @@ from app.resilience.limiter import ConcurrencyLimiter
 from app.resilience.retry import Retrier, RetryPolicy
 from app.settings import (
     BreakerSettings,
-    ConfigError,
     ProviderSettings,
     ResilienceSettings,
     RetrySettings,
+    effective_breaker,
+    effective_retry,
 )
 
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
 
 BUDGET_WINDOW_S = 10.0  # DESIGN §5: "over a sliding 10 s"
-
-
-def _merge(model: type[M], defaults: M, overrides: Mapping[str, Any], where: str) -> M:
-    try:
-        return model.model_validate({**defaults.model_dump(), **overrides})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"invalid setting {where}{'.' + field if field else ''}: {msg}") from None
-
-
-def effective_retry(
-    defaults: RetrySettings, overrides: Mapping[str, Any], *, provider: str | None = None
-) -> RetrySettings:
-    """``[resilience.retry]`` with ``[providers.<name>.retry]`` on top, validated."""
-    where = f"providers.{provider}.retry" if provider else "retry"
-    return _merge(RetrySettings, defaults, overrides, where)
-
-
-def effective_breaker(
-    defaults: BreakerSettings, overrides: Mapping[str, Any], *, provider: str | None = None
-) -> BreakerSettings:
-    """``[resilience.breaker]`` with ``[providers.<name>.breaker]`` on top, validated."""
-    where = f"providers.{provider}.breaker" if provider else "breaker"
-    return _merge(BreakerSettings, defaults, overrides, where)
 
 
 _REFUSALS = frozenset({"circuit_open", "overloaded", "retry_budget_exhausted"})

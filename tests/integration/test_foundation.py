@@ -128,26 +128,21 @@ async def test_token_guards_v1_only(make_settings: Callable[..., Settings]) -> N
 async def test_restart_keeps_data(settings: Settings) -> None:
     from datetime import UTC, datetime
 
-    async with asgi_client(create_app(settings)) as client:
-        db = client._transport.app  # type: ignore[attr-defined]  # noqa: F841
-        app_state = await _state_db(settings)
-        async with app_state.write() as conn:
-            await conn.execute(settings_kv.insert().values(
-                key="probe", value={"n": 1}, updated_at=datetime.now(UTC)))
-        await app_state.dispose()
-    async with asgi_client(create_app(settings)) as client:
-        assert (await client.get("/readyz")).status_code == 200
-        db2 = await _state_db(settings)
-        async with db2.read() as conn:
-            row = (await conn.execute(select(settings_kv.c.value))).one()
-        await db2.dispose()
-    assert row.value == {"n": 1}
-
-
-async def _state_db(settings: Settings):  # type: ignore[no-untyped-def]
     from app.store.database import Database
 
-    return Database(settings.effective_database_url, settings.store)
+    async with asgi_client(create_app(settings)):
+        db = Database(settings.effective_database_url, settings.store)
+        async with db.write() as conn:
+            await conn.execute(settings_kv.insert().values(
+                key="probe", value={"n": 1}, updated_at=datetime.now(UTC)))
+        await db.dispose()
+    async with asgi_client(create_app(settings)) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        db = Database(settings.effective_database_url, settings.store)
+        async with db.read() as conn:
+            row = (await conn.execute(select(settings_kv.c.value))).one()
+        await db.dispose()
+    assert row.value == {"n": 1}
 
 
 async def test_unmigrated_database_is_not_ready(make_settings: Callable[..., Settings],

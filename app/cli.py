@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="serve the HTTP API").set_defaults(handler=_serve)
     sub.add_parser("migrate", help="migrate the database to head").set_defaults(handler=_migrate)
-    sub.add_parser("config", help="print the effective configuration, secrets redacted"
-                   ).set_defaults(handler=_config)
+    sub.add_parser(
+        "config", help="print the effective configuration, secrets redacted"
+    ).set_defaults(handler=_config)
     from app.lifecycle.cli import register as register_models
 
     register_models(sub)

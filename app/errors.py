@@ -273,7 +273,8 @@ async def _keel_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KeelError)
     if exc.status_code >= 500:
         log.warning(
-            "request failed: %s", exc.code,
+            "request failed: %s",
+            exc.code,
             extra={"request_id": request_id_of(request), "code": exc.code},
             exc_info=exc.__cause__ is not None,
         )
@@ -292,8 +293,9 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     mapped: KeelError
     if isinstance(exc, BodyTooLarge):
-        mapped = PayloadTooLarge(f"The request body exceeds {exc.limit} bytes.",
-                                 extra={"limit": exc.limit})
+        mapped = PayloadTooLarge(
+            f"The request body exceeds {exc.limit} bytes.", extra={"limit": exc.limit}
+        )
     elif exc.status_code == 404:
         mapped = NotFound("No such resource.")
     elif exc.status_code == 405:

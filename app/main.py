@@ -95,8 +95,9 @@ def create_app(
             # Each request allocates a few hundred container objects; the default gen-0
             # threshold (700) ran a collection every couple of requests at load.
             gc.set_threshold(10_000, 20, 20)
-            log.info("keel ready", extra={"database": settings.effective_database_url.split(
-                "://", 1)[0]})
+            log.info(
+                "keel ready", extra={"database": settings.effective_database_url.split("://", 1)[0]}
+            )
             yield state
             log.info("keel shutting down")
 
@@ -140,8 +141,9 @@ class _TaskGroup:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed", exc_info=task.exception(),
-                      extra={"task": task.get_name()})
+            log.error(
+                "background task failed", exc_info=task.exception(), extra={"task": task.get_name()}
+            )
 
     async def __aenter__(self) -> _TaskGroup:
         return self

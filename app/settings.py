@@ -117,14 +117,20 @@ class DownloadSettings(_Section):
     chunk_bytes: int = Field(1024 * 1024, ge=4096)
     hash_threads: int = Field(2, ge=1, le=16)
     write_batch_bytes: int = Field(
-        4 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024,
-        description="received bytes handed to the hash+write thread at once")
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="received bytes handed to the hash+write thread at once",
+    )
     write_queue_depth: int = Field(
-        4, ge=1, le=64, description="batches in flight between network and disk per download")
+        4, ge=1, le=64, description="batches in flight between network and disk per download"
+    )
     persist_interval_s: float = Field(
-        2.0, gt=0, description="how often a running download saves its progress (sidecar, job)")
+        2.0, gt=0, description="how often a running download saves its progress (sidecar, job)"
+    )
     progress_interval_s: float = Field(
-        0.25, ge=0, description="least gap between two progress events of one download")
+        0.25, ge=0, description="least gap between two progress events of one download"
+    )
     connect_timeout_s: float = Field(15.0, gt=0)
     reap_interval_s: float = Field(3600.0, gt=0, description="stale partial sweep period")
 
@@ -180,7 +186,8 @@ class Settings(BaseSettings):
                 provider, sep, model = target.partition("/")
                 if not sep or not model or provider not in self.providers:
                     raise ValueError(
-                        f"routes.{route}: target {target!r} names no configured provider")
+                        f"routes.{route}: target {target!r} names no configured provider"
+                    )
         for name, p in self.providers.items():
             # ConfigError is not a ValueError: pydantic lets it through with its one-line text.
             effective_retry(self.resilience.retry, p.retry, provider=name)

@@ -1,7 +1,7 @@
 """Write .env.example from Settings, so it lists every setting with its real default.
 
-    .venv/bin/python scripts/gen_env_example.py          # rewrite .env.example
-    .venv/bin/python scripts/gen_env_example.py --check  # exit 1 when it is stale
+.venv/bin/python scripts/gen_env_example.py          # rewrite .env.example
+.venv/bin/python scripts/gen_env_example.py --check  # exit 1 when it is stale
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ DOCS = {
     "port": "bind port",
     "data_dir": "where the SQLite database, models and partial downloads live",
     "database_url": "SQLAlchemy URL; default sqlite+aiosqlite:///<data_dir>/keel.db; "
-                    "postgresql+asyncpg://user@host/db for replicas",
+    "postgresql+asyncpg://user@host/db for replicas",
     "api_token": "bearer token required on /v1/* (at least 16 characters); unset = loopback only",
     "config": "TOML config file; default ./keel.toml when present",
     "models_manifest": "extra model manifests, ':'-separated paths",
@@ -54,8 +54,13 @@ def render() -> str:
             env = "KEEL_" + (prefix + name).upper()
             desc = DOCS.get(name) if not prefix else None
             desc = desc or field.description or name.replace("_", " ")
-            text = "" if value is None else str(value).lower() if isinstance(value, bool) else (
-                str(value))
+            text = (
+                ""
+                if value is None
+                else str(value).lower()
+                if isinstance(value, bool)
+                else (str(value))
+            )
             lines.append(f"# {desc}")
             lines.append(f"{'# ' if value is None else ''}{env}={text}")
 

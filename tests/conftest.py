@@ -87,8 +87,9 @@ class asgi_client:  # reads as a context-manager function at call sites
         self.manager = LifespanManager(self.app, startup_timeout=30, shutdown_timeout=30)
         await self.manager.__aenter__()
         transport = httpx.ASGITransport(app=self.manager.app, raise_app_exceptions=False)
-        self.client = httpx.AsyncClient(transport=transport, base_url="http://keel.test",
-                                        headers=self.headers)
+        self.client = httpx.AsyncClient(
+            transport=transport, base_url="http://keel.test", headers=self.headers
+        )
         return self.client
 
     async def __aexit__(self, *exc: object) -> None:

@@ -61,8 +61,11 @@ def _timeout_header(value: str | None) -> float | None:
     if not 0 < seconds <= 3600:
         raise ValidationFailed(
             "X-Request-Timeout must be a number of seconds in (0, 3600].",
-            extra={"errors": [{"field": "header.X-Request-Timeout",
-                               "message": "must be seconds in (0, 3600]"}]},
+            extra={
+                "errors": [
+                    {"field": "header.X-Request-Timeout", "message": "must be seconds in (0, 3600]"}
+                ]
+            },
         )
     return seconds
 
@@ -73,8 +76,12 @@ def _answer_headers(answer: Answer) -> dict[str, str]:
 
 @router.post(
     "/v1/chat/completions",
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": ChatRequest.model_json_schema()}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
+        }
+    },
 )
 async def chat_completions(request: Request) -> Response:
     """The hot path takes only the Request: FastAPI resolves every declared dependency and
@@ -115,7 +122,8 @@ async def chat_completions(request: Request) -> Response:
         answer = await until_disconnect(
             request.receive,
             lambda: (chat.open_stream if payload.stream else chat.complete)(
-                body, targets, deadline),
+                body, targets, deadline
+            ),
         )
     except ClientDisconnected:
         await records.abandon(claim)
@@ -141,10 +149,13 @@ async def chat_completions(request: Request) -> Response:
     if cid is not None or claim is not None:
         try:
             await records.record(
-                conversation_id=cid, new_turns=turns,
-                reply=completion_text(content) if cid else None, claim=claim,
-                stored=StoredResponse(200, content, {"content-type": "application/json",
-                                                     **headers}),
+                conversation_id=cid,
+                new_turns=turns,
+                reply=completion_text(content) if cid else None,
+                claim=claim,
+                stored=StoredResponse(
+                    200, content, {"content-type": "application/json", **headers}
+                ),
             )
         except BaseException:
             await records.abandon(claim)
@@ -189,10 +200,15 @@ async def _relay(
                 if event.startswith(_DONE):
                     transcript.add(event)
                     await records.record(
-                        conversation_id=cid, new_turns=turns, reply=transcript.text,
+                        conversation_id=cid,
+                        new_turns=turns,
+                        reply=transcript.text,
                         claim=claim if transcript.replayable else None,
-                        stored=StoredResponse(200, transcript.body(), {
-                            "content-type": "text/event-stream; charset=utf-8", **headers}),
+                        stored=StoredResponse(
+                            200,
+                            transcript.body(),
+                            {"content-type": "text/event-stream; charset=utf-8", **headers},
+                        ),
                     )
                     finished = True
                 else:
@@ -200,8 +216,9 @@ async def _relay(
             yield event
         finished = True
     except UpstreamFailure as exc:
-        log.warning("stream failed after it started",
-                    extra={"request_id": request_id, "reason": exc.reason})
+        log.warning(
+            "stream failed after it started", extra={"request_id": request_id, "reason": exc.reason}
+        )
         problem = UpstreamError("The provider's stream failed before it finished.")
         yield _error_event(problem, request_id)
     except KeelError as exc:
@@ -217,8 +234,10 @@ def _error_event(exc: KeelError, request_id: str) -> bytes:
 
 @router.get("/v1/models")
 async def list_models(chat: ChatDep) -> dict[str, Any]:
-    data = [_model_entry(name, [t.id for t in targets], "route")
-            for name, targets in chat.router.routes.items()]
+    data = [
+        _model_entry(name, [t.id for t in targets], "route")
+        for name, targets in chat.router.routes.items()
+    ]
     data += [_model_entry(t.id, [t.id], "provider") for t in chat.router.direct_targets()]
     return {"object": "list", "data": data}
 
@@ -235,5 +254,10 @@ async def get_model(model_id: str, chat: ChatDep) -> dict[str, Any]:
 
 
 def _model_entry(model_id: str, targets: list[str], kind: str) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": 0, "owned_by": "keel",
-            "keel": {"kind": kind, "targets": targets}}
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "keel",
+        "keel": {"kind": kind, "targets": targets},
+    }

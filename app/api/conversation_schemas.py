@@ -104,6 +104,7 @@ def none_match(if_none_match: str | None, version: int) -> bool:
 
 # -- cursors --
 
+
 def encode_cursor(cursor: tuple[datetime, str] | None) -> str | None:
     if cursor is None:
         return None
@@ -126,35 +127,63 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
 
 # -- rendering --
 
+
 def message_json(m: Message) -> dict[str, Any]:
-    return {"id": m.id, "seq": m.seq, "role": m.role, "content": m.content,
-            "created_at": m.created_at.isoformat()}
+    return {
+        "id": m.id,
+        "seq": m.seq,
+        "role": m.role,
+        "content": m.content,
+        "created_at": m.created_at.isoformat(),
+    }
 
 
 def summary_json(c: Conversation) -> dict[str, Any]:
-    return {"id": c.id, "title": c.title, "metadata": c.metadata, "version": c.version,
-            "created_at": c.created_at.isoformat(), "updated_at": c.updated_at.isoformat(),
-            "message_count": c.message_count}
+    return {
+        "id": c.id,
+        "title": c.title,
+        "metadata": c.metadata,
+        "version": c.version,
+        "created_at": c.created_at.isoformat(),
+        "updated_at": c.updated_at.isoformat(),
+        "message_count": c.message_count,
+    }
 
 
 def conversation_json(c: Conversation, messages: list[Message]) -> dict[str, Any]:
-    return {"id": c.id, "title": c.title, "metadata": c.metadata, "version": c.version,
-            "created_at": c.created_at.isoformat(), "updated_at": c.updated_at.isoformat(),
-            "messages": [message_json(m) for m in messages]}
+    return {
+        "id": c.id,
+        "title": c.title,
+        "metadata": c.metadata,
+        "version": c.version,
+        "created_at": c.created_at.isoformat(),
+        "updated_at": c.updated_at.isoformat(),
+        "messages": [message_json(m) for m in messages],
+    }
 
 
 def appended_json(a: Appended) -> dict[str, Any]:
     c = a.conversation
-    return {"id": c.id, "version": c.version, "updated_at": c.updated_at.isoformat(),
-            "message_count": c.message_count, "messages": [message_json(m) for m in a.messages]}
+    return {
+        "id": c.id,
+        "version": c.version,
+        "updated_at": c.updated_at.isoformat(),
+        "message_count": c.message_count,
+        "messages": [message_json(m) for m in a.messages],
+    }
 
 
 def delta_json(d: Delta) -> dict[str, Any]:
     c = d.conversation
     changed = {"title": c.title, "metadata": c.metadata} if d.fields_changed else {}
-    return {"id": c.id, "version": c.version, "from_version": d.from_version,
-            "updated_at": c.updated_at.isoformat(), "changed": changed,
-            "messages": [message_json(m) for m in d.messages]}
+    return {
+        "id": c.id,
+        "version": c.version,
+        "from_version": d.from_version,
+        "updated_at": c.updated_at.isoformat(),
+        "changed": changed,
+        "messages": [message_json(m) for m in d.messages],
+    }
 
 
 def deleted_json(c: Conversation) -> dict[str, Any]:
@@ -166,10 +195,14 @@ def page_json(p: Page) -> dict[str, Any]:
 
 
 def report_json(r: IntegrityReport) -> dict[str, Any]:
-    return {"id": r.conversation_id, "version": r.version, "ok": r.ok,
-            "messages_checked": r.messages_checked,
-            "corrupted": [{"id": i, "seq": s} for i, s in r.corrupted],
-            "missing_seqs": r.missing_seqs}
+    return {
+        "id": r.conversation_id,
+        "version": r.version,
+        "ok": r.ok,
+        "messages_checked": r.messages_checked,
+        "corrupted": [{"id": i, "seq": s} for i, s in r.corrupted],
+        "missing_seqs": r.missing_seqs,
+    }
 
 
 def dumps(payload: Any) -> bytes:

@@ -64,12 +64,17 @@ async def _store(request: Request) -> _Store:
 async def _write(request: Request) -> _Write:
     dry_run = request.query_params.get("dry_run", "false")
     if dry_run not in ("true", "false"):
-        raise ValidationFailed("dry_run must be true or false.",
-                               extra={"errors": [{"field": "query.dry_run",
-                                                  "message": "must be true or false"}]})
-    return _Write(await _store(request), await idempotency_request(request),
-                  request.headers.get("if-match"), dry_run == "true",
-                  getattr(request.scope.get("route"), "path", "unmatched"))
+        raise ValidationFailed(
+            "dry_run must be true or false.",
+            extra={"errors": [{"field": "query.dry_run", "message": "must be true or false"}]},
+        )
+    return _Write(
+        await _store(request),
+        await idempotency_request(request),
+        request.headers.get("if-match"),
+        dry_run == "true",
+        getattr(request.scope.get("route"), "path", "unmatched"),
+    )
 
 
 StoreDep = Annotated[_Store, Depends(_store)]
@@ -81,15 +86,28 @@ Effect = Callable[[AsyncConnection, bool], Awaitable[StoredResponse]]
 def _documented(*headers: str) -> dict[str, Any]:
     described = {
         KEY_HEADER: "1-255 visible ASCII characters; a retry with the same key and request "
-                    "replays the stored response (header Idempotent-Replayed: true)",
+        "replays the stored response (header Idempotent-Replayed: true)",
         "If-Match": 'the version you read, as "<version>"; stale: 412',
     }
     params: list[dict[str, Any]] = [
-        {"name": h, "in": "header", "required": False, "description": described[h],
-         "schema": {"type": "string"}} for h in headers]
-    params.append({"name": "dry_run", "in": "query", "required": False,
-                   "description": "validate and answer without changing anything",
-                   "schema": {"type": "boolean", "default": False}})
+        {
+            "name": h,
+            "in": "header",
+            "required": False,
+            "description": described[h],
+            "schema": {"type": "string"},
+        }
+        for h in headers
+    ]
+    params.append(
+        {
+            "name": "dry_run",
+            "in": "query",
+            "required": False,
+            "description": "validate and answer without changing anything",
+            "schema": {"type": "boolean", "default": False},
+        }
+    )
     return {"parameters": params}
 
 
@@ -116,8 +134,9 @@ def _json(payload: object, version: int) -> Response:
 @router.post("", status_code=201, openapi_extra=_documented(KEY_HEADER))
 async def create_conversation(body: s.CreateConversationBody, w: WriteDep) -> Response:
     async def effect(conn: AsyncConnection, dry: bool) -> StoredResponse:
-        made = await w.store.conversations.create(conn, title=body.title,
-                                                  metadata=body.metadata, dry_run=dry)
+        made = await w.store.conversations.create(
+            conn, title=body.title, metadata=body.metadata, dry_run=dry
+        )
         c = made.conversation
         headers = {"etag": s.etag(c.version)}
         if not dry:
@@ -128,8 +147,9 @@ async def create_conversation(body: s.CreateConversationBody, w: WriteDep) -> Re
 
 
 @router.get("")
-async def list_conversations(store: StoreDep, limit: int = 50, cursor: str | None = None
-                             ) -> Response:
+async def list_conversations(
+    store: StoreDep, limit: int = 50, cursor: str | None = None
+) -> Response:
     after = s.decode_cursor(cursor)
     async with store.db.read() as conn:
         page = await store.conversations.page(conn, limit=limit, cursor=after)
@@ -138,7 +158,9 @@ async def list_conversations(store: StoreDep, limit: int = 50, cursor: str | Non
 
 @router.get("/{conversation_id}")
 async def get_conversation(
-    conversation_id: str, store: StoreDep, if_none_match: IfNoneMatch = None,
+    conversation_id: str,
+    store: StoreDep,
+    if_none_match: IfNoneMatch = None,
     since_version: Annotated[int | None, Query(ge=0)] = None,
 ) -> Response:
     async with store.db.read() as conn:
@@ -146,20 +168,24 @@ async def get_conversation(
         if s.none_match(if_none_match, head.version):
             return Response(status_code=304, headers={"ETag": s.etag(head.version)})
         if since_version is not None:
-            delta = await store.conversations.delta(conn, conversation_id, since_version,
-                                                    head=head)
+            delta = await store.conversations.delta(conn, conversation_id, since_version, head=head)
             return _json(s.delta_json(delta), head.version)
         full = await store.conversations.get(conn, conversation_id, head=head)
     return _json(s.conversation_json(full.conversation, full.messages), head.version)
 
 
 @router.patch("/{conversation_id}", openapi_extra=_documented(KEY_HEADER, "If-Match"))
-async def update_conversation(conversation_id: str, body: s.UpdateConversationBody,
-                              w: WriteDep) -> Response:
+async def update_conversation(
+    conversation_id: str, body: s.UpdateConversationBody, w: WriteDep
+) -> Response:
     pre = s.precondition(w.if_match, body.expected_version)
     sent = body.model_fields_set
-    changes = FieldChanges(title=body.title, metadata=body.metadata,
-                           set_title="title" in sent, set_metadata="metadata" in sent)
+    changes = FieldChanges(
+        title=body.title,
+        metadata=body.metadata,
+        set_title="title" in sent,
+        set_metadata="metadata" in sent,
+    )
 
     async def effect(conn: AsyncConnection, dry: bool) -> StoredResponse:
         c = await w.store.conversations.update(conn, conversation_id, changes, pre, dry_run=dry)
@@ -169,8 +195,9 @@ async def update_conversation(conversation_id: str, body: s.UpdateConversationBo
 
 
 @router.delete("/{conversation_id}", openapi_extra=_documented(KEY_HEADER, "If-Match"))
-async def delete_conversation(conversation_id: str, w: WriteDep,
-                              body: s.DeleteConversationBody | None = None) -> Response:
+async def delete_conversation(
+    conversation_id: str, w: WriteDep, body: s.DeleteConversationBody | None = None
+) -> Response:
     pre = s.precondition(w.if_match, body.expected_version if body else None)
 
     async def effect(conn: AsyncConnection, dry: bool) -> StoredResponse:
@@ -180,19 +207,27 @@ async def delete_conversation(conversation_id: str, w: WriteDep,
     return await _mutate(w, effect)
 
 
-@router.post("/{conversation_id}/messages", status_code=201,
-             openapi_extra=_documented(KEY_HEADER, "If-Match"))
-async def append_messages(conversation_id: str, body: s.AppendMessagesBody, w: WriteDep
-                          ) -> Response:
+@router.post(
+    "/{conversation_id}/messages",
+    status_code=201,
+    openapi_extra=_documented(KEY_HEADER, "If-Match"),
+)
+async def append_messages(
+    conversation_id: str, body: s.AppendMessagesBody, w: WriteDep
+) -> Response:
     pre = s.precondition(w.if_match, body.expected_version)
     messages = [NewMessage(m.role, m.content) for m in body.messages]
     w.store.conversations.validate_messages(messages)  # before any transaction
 
     async def effect(conn: AsyncConnection, dry: bool) -> StoredResponse:
-        added = await w.store.conversations.append(conn, conversation_id, messages, pre,
-                                                   dry_run=dry)
-        return json_stored(200 if dry else 201, s.appended_json(added),
-                           {"etag": s.etag(added.conversation.version)})
+        added = await w.store.conversations.append(
+            conn, conversation_id, messages, pre, dry_run=dry
+        )
+        return json_stored(
+            200 if dry else 201,
+            s.appended_json(added),
+            {"etag": s.etag(added.conversation.version)},
+        )
 
     return await _mutate(w, effect)
 

@@ -38,8 +38,11 @@ async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
         checks["database"] = "unreachable"
         reason = "database is unreachable"
     if reason:
-        return JSONResponse({"status": "not_ready", "reason": reason, "checks": checks},
-                            status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(
+            {"status": "not_ready", "reason": reason, "checks": checks},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
     return JSONResponse({"status": "ready", "checks": checks})
 
 

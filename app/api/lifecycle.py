@@ -65,8 +65,12 @@ async def get_model(model_id: str, lc: LifecycleDep) -> dict[str, Any]:
     return lc.model_view(lc.manager.model(model_id))
 
 
-async def _once(key: IdempotencyRequest | None, idempotency: Idempotency, db: Database,
-                action: Callable[[], Awaitable[tuple[int, dict[str, Any]]]]) -> Response:
+async def _once(
+    key: IdempotencyRequest | None,
+    idempotency: Idempotency,
+    db: Database,
+    action: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
+) -> Response:
     """Run ``action`` at most once per ``Idempotency-Key``: a repeat replays the first answer.
 
     Starting a download is not a store write alone (a task starts), so the key is claimed
@@ -87,9 +91,14 @@ async def _once(key: IdempotencyRequest | None, idempotency: Idempotency, db: Da
 
 
 @router.post("/models/{model_id}/download")
-async def download_model(model_id: str, lc: LifecycleDep, key: IdempotencyKeyDep,
-                         idempotency: IdempotencyDep, db: DatabaseDep,
-                         dry_run: DryRun = False) -> Response:
+async def download_model(
+    model_id: str,
+    lc: LifecycleDep,
+    key: IdempotencyKeyDep,
+    idempotency: IdempotencyDep,
+    db: DatabaseDep,
+    dry_run: DryRun = False,
+) -> Response:
     model = lc.manager.model(model_id)
     if dry_run:
         return JSONResponse(await lc.download([model], dry_run=True))
@@ -110,9 +119,14 @@ async def cancel_model_download(model_id: str, lc: LifecycleDep) -> dict[str, An
 
 
 @router.post("/downloads")
-async def download_bundle(body: BundleRequest, lc: LifecycleDep, key: IdempotencyKeyDep,
-                          idempotency: IdempotencyDep, db: DatabaseDep,
-                          dry_run: DryRun = False) -> Response:
+async def download_bundle(
+    body: BundleRequest,
+    lc: LifecycleDep,
+    key: IdempotencyKeyDep,
+    idempotency: IdempotencyDep,
+    db: DatabaseDep,
+    dry_run: DryRun = False,
+) -> Response:
     ids = list(dict.fromkeys(body.models))
     models = [lc.manager.model(i) for i in ids]
     if dry_run or body.dry_run:
@@ -126,8 +140,9 @@ async def download_bundle(body: BundleRequest, lc: LifecycleDep, key: Idempotenc
 
 
 @router.get("/downloads")
-async def list_jobs(lc: LifecycleDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
-                    ) -> dict[str, Any]:
+async def list_jobs(
+    lc: LifecycleDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
+) -> dict[str, Any]:
     return {"data": [j.as_json() for j in await lc.jobs.recent(limit)]}
 
 
@@ -163,8 +178,11 @@ async def model_events(model_id: str, lc: LifecycleDep) -> StreamingResponse:
                 if event.terminal:
                     return
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def _sse(event: ProgressEvent) -> bytes:
@@ -172,8 +190,13 @@ def _sse(event: ProgressEvent) -> bytes:
 
 
 @router.post("/models/{model_id}/verify")
-async def verify_model(model_id: str, lc: LifecycleDep, key: IdempotencyKeyDep,
-                       idempotency: IdempotencyDep, db: DatabaseDep) -> Response:
+async def verify_model(
+    model_id: str,
+    lc: LifecycleDep,
+    key: IdempotencyKeyDep,
+    idempotency: IdempotencyDep,
+    db: DatabaseDep,
+) -> Response:
     model = lc.manager.model(model_id)
 
     async def verify() -> tuple[int, dict[str, Any]]:
@@ -183,8 +206,7 @@ async def verify_model(model_id: str, lc: LifecycleDep, key: IdempotencyKeyDep,
 
 
 @router.delete("/models/{model_id}")
-async def delete_model(model_id: str, lc: LifecycleDep, dry_run: DryRun = False
-                       ) -> dict[str, Any]:
+async def delete_model(model_id: str, lc: LifecycleDep, dry_run: DryRun = False) -> dict[str, Any]:
     return await lc.delete(lc.manager.model(model_id), dry_run=dry_run)
 
 
@@ -194,8 +216,9 @@ async def get_storage(lc: LifecycleDep) -> dict[str, Any]:
 
 
 @router.put("/storage")
-async def put_storage(body: StorageRequest, lc: LifecycleDep, dry_run: DryRun = False
-                      ) -> dict[str, Any]:
+async def put_storage(
+    body: StorageRequest, lc: LifecycleDep, dry_run: DryRun = False
+) -> dict[str, Any]:
     config = StorageConfig(root=body.root, overrides={str(k): v for k, v in body.overrides.items()})
     await lc.storage.replace(config, create=body.create, dry_run=dry_run)
     out = lc.storage.describe()

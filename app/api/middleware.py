@@ -78,16 +78,23 @@ class KeelMiddleware:
                 await self.app(scope, self._limited(receive), send_wrapper)
         except BodyTooLarge as exc:
             if not response_started:
-                too_large = PayloadTooLarge(f"The request body exceeds {exc.limit} bytes.",
-                                            extra={"limit": exc.limit})
+                too_large = PayloadTooLarge(
+                    f"The request body exceeds {exc.limit} bytes.", extra={"limit": exc.limit}
+                )
                 await problem_response(too_large, request_id)(scope, receive, send_wrapper)
         except Exception as exc:
             if response_started:
-                log.error("error after response started", exc_info=exc,
-                          extra={"request_id": request_id})
+                log.error(
+                    "error after response started", exc_info=exc, extra={"request_id": request_id}
+                )
             else:
-                err = exc if isinstance(exc, KeelError) else InternalErrorProblem(
-                    "An internal error occurred; quote the request id when reporting it.")
+                err = (
+                    exc
+                    if isinstance(exc, KeelError)
+                    else InternalErrorProblem(
+                        "An internal error occurred; quote the request id when reporting it."
+                    )
+                )
                 if not isinstance(exc, KeelError):
                     log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
                 await problem_response(err, request_id)(scope, receive, send_wrapper)
@@ -105,8 +112,9 @@ class KeelMiddleware:
                 return Unauthorized("A valid bearer token is required.")
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            return PayloadTooLarge(f"The request body exceeds {self.max_body} bytes.",
-                                   extra={"limit": self.max_body})
+            return PayloadTooLarge(
+                f"The request body exceeds {self.max_body} bytes.", extra={"limit": self.max_body}
+            )
         return None
 
     def _limited(self, receive: Receive) -> Receive:
@@ -143,9 +151,16 @@ class KeelMiddleware:
             series[0].inc()
             series[1].observe(elapsed)
         log.info(
-            "%s %s %d", method, path, status,
-            extra={"request_id": request_id, "route": route, "status": status,
-                   "duration_ms": round(elapsed * 1000, 2)},
+            "%s %s %d",
+            method,
+            path,
+            status,
+            extra={
+                "request_id": request_id,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
         )
 
 
@@ -154,5 +169,4 @@ _WANTED = frozenset({b"x-request-id", b"authorization", b"content-length"})
 
 def _headers(scope: Scope) -> dict[str, str]:
     """Only the headers this middleware reads (ASGI header names are already lower-case)."""
-    return {k.decode("latin-1"): v.decode("latin-1")
-            for k, v in scope["headers"] if k in _WANTED}
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}

@@ -96,8 +96,7 @@ class EventStreamResponse(Response):
 
                 async def pump() -> None:
                     async for event in self.events:
-                        await send({"type": "http.response.body", "body": event,
-                                    "more_body": True})
+                        await send({"type": "http.response.body", "body": event, "more_body": True})
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     tg.cancel_scope.cancel()
 

@@ -24,25 +24,39 @@ def content_range(value: str) -> tuple[int | None, int | None, int | None]:
     if not m:
         return None, None, None
     start, end, total = m.groups()
-    return (int(start) if start else None, int(end) if end else None,
-            int(total) if total and total != "*" else None)
+    return (
+        int(start) if start else None,
+        int(end) if end else None,
+        int(total) if total and total != "*" else None,
+    )
 
 
 def check_content_range(resp: httpx.Response, offset: int, size: int) -> None:
     start, end, total = content_range(resp.headers.get("content-range", ""))
-    if start != offset or (total is not None and total != size) or (
-            end is not None and end != size - 1):
-        raise DownloadFailure(FailureKind.HTTP, "bad_content_range",
-                              "The server resumed at the wrong place.", restart=True)
+    if (
+        start != offset
+        or (total is not None and total != size)
+        or (end is not None and end != size - 1)
+    ):
+        raise DownloadFailure(
+            FailureKind.HTTP,
+            "bad_content_range",
+            "The server resumed at the wrong place.",
+            restart=True,
+        )
 
 
 def check_length(resp: httpx.Response, size: int) -> None:
     encoding = resp.headers.get("content-encoding", "identity").lower()
     length = resp.headers.get("content-length")
     if encoding == "identity" and length is not None and length.isdigit() and int(length) != size:
-        raise DownloadFailure(FailureKind.FINAL, "size_mismatch",
-                              "The server's file is not the size the manifest says.",
-                              code="checksum_mismatch", restart=True)
+        raise DownloadFailure(
+            FailureKind.FINAL,
+            "size_mismatch",
+            "The server's file is not the size the manifest says.",
+            code="checksum_mismatch",
+            restart=True,
+        )
 
 
 def status_failure(resp: httpx.Response) -> DownloadFailure:
@@ -50,11 +64,16 @@ def status_failure(resp: httpx.Response) -> DownloadFailure:
     if status in _RETRYABLE_STATUS:
         after = resp.headers.get("retry-after")
         return DownloadFailure(
-            FailureKind.HTTP, "http_429" if status == 429 else f"http_{status // 100}xx",
+            FailureKind.HTTP,
+            "http_429" if status == 429 else f"http_{status // 100}xx",
             f"The download server answered HTTP {status}.",
-            retry_after=parse_retry_after(after) if after else None)
-    return DownloadFailure(FailureKind.FINAL, f"http_{status // 100}xx",
-                           f"The download server refused the file (HTTP {status}).")
+            retry_after=parse_retry_after(after) if after else None,
+        )
+    return DownloadFailure(
+        FailureKind.FINAL,
+        f"http_{status // 100}xx",
+        f"The download server refused the file (HTTP {status}).",
+    )
 
 
 def network_reason(exc: httpx.TransportError) -> str:
@@ -67,11 +86,16 @@ def network_reason(exc: httpx.TransportError) -> str:
 
 def disk_failure(exc: OSError) -> DownloadFailure:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DownloadFailure(FailureKind.FINAL, "disk_full", "The storage root is full.",
-                               code="insufficient_storage")
-    return DownloadFailure(FailureKind.FINAL, "disk_error",
-                           "Writing the model file failed.", code="download_failed",
-                           retryable=False)
+        return DownloadFailure(
+            FailureKind.FINAL, "disk_full", "The storage root is full.", code="insufficient_storage"
+        )
+    return DownloadFailure(
+        FailureKind.FINAL,
+        "disk_error",
+        "Writing the model file failed.",
+        code="download_failed",
+        retryable=False,
+    )
 
 
 def body_stream(resp: httpx.Response) -> AsyncIterator[bytes]:

@@ -39,8 +39,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pull.set_defaults(handler=_pull)
     imp = msub.add_parser("import", help="install a local copy of a model's file(s), verified")
     imp.add_argument("id", metavar="ID")
-    imp.add_argument("--from", dest="source", required=True, type=Path, metavar="PATH",
-                     help="the file (or a directory holding the model's files by name)")
+    imp.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="the file (or a directory holding the model's files by name)",
+    )
     imp.set_defaults(handler=_import)
     lst = msub.add_parser("list", help="list the manifest's models and their state")
     lst.add_argument("--url", help="Keel's base URL (default http://KEEL_HOST:KEEL_PORT)")
@@ -67,16 +73,18 @@ def _pull(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(pull(_base_url(settings, args), _headers(settings), list(args.ids)))
 
 
-async def pull(base_url: str, headers: dict[str, str], ids: list[str],
-               out: TextIO | None = None) -> int:
+async def pull(
+    base_url: str, headers: dict[str, str], ids: list[str], out: TextIO | None = None
+) -> int:
     bars = ProgressBars(ids, out or sys.stderr)
     timeout = httpx.Timeout(30.0, read=None)  # an SSE stream is idle between events
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout) as client:
         try:
             resp = await client.post("/v1/lifecycle/downloads", json={"models": ids})
         except httpx.TransportError:
-            print(f"keel: cannot reach Keel at {base_url}; is `keel serve` running?",
-                  file=sys.stderr)
+            print(
+                f"keel: cannot reach Keel at {base_url}; is `keel serve` running?", file=sys.stderr
+            )
             return 1
         if resp.status_code >= 400:
             print(f"keel: {_problem(resp)}", file=sys.stderr)
@@ -136,8 +144,10 @@ class ProgressBars:
         filled = int(self.WIDTH * pct / 100)
         bar = "#" * filled + "-" * (self.WIDTH - filled)
         rate = float(event.get("bytes_per_s") or 0.0) / 1e6
-        line = (f"{model_id:<20} [{bar}] {pct:5.1f}%  {_mb(event.get('bytes', 0))}/"
-                f"{_mb(event.get('total', 0))} MB  {rate:6.1f} MB/s  {phase}")
+        line = (
+            f"{model_id:<20} [{bar}] {pct:5.1f}%  {_mb(event.get('bytes', 0))}/"
+            f"{_mb(event.get('total', 0))} MB  {rate:6.1f} MB/s  {phase}"
+        )
         error = event.get("error")
         if error:
             line += f"  {error.get('code')}: {error.get('message', '')}"
@@ -176,8 +186,11 @@ def _mb(n: Any) -> str:
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        resp = httpx.get(_base_url(settings, args) + "/v1/lifecycle/models",
-                         headers=_headers(settings), timeout=10.0)
+        resp = httpx.get(
+            _base_url(settings, args) + "/v1/lifecycle/models",
+            headers=_headers(settings),
+            timeout=10.0,
+        )
     except httpx.TransportError:
         print("keel: cannot reach Keel; is `keel serve` running?", file=sys.stderr)
         return 1
@@ -185,8 +198,10 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
         print(f"keel: {_problem(resp)}", file=sys.stderr)
         return 1
     for m in resp.json()["data"]:
-        print(f"{m['id']:<24} {m['capability']:<10} {m['state']:<12} "
-              f"{m['progress']['percent']:5.1f}%  {m['size'] / 1e6:.1f} MB")
+        print(
+            f"{m['id']:<24} {m['capability']:<10} {m['state']:<12} "
+            f"{m['progress']['percent']:5.1f}%  {m['size'] / 1e6:.1f} MB"
+        )
     return 0
 
 
@@ -226,8 +241,9 @@ def _sources(model: ModelSpec, source: Path) -> list[tuple[FileSpec, Path]]:
     if source.is_dir():
         return [(spec, source / spec.name) for spec in model.files]
     if len(model.files) != 1:
-        raise ImportFailed(f"{model.id} has {len(model.files)} files; pass a directory "
-                           "holding them by name")
+        raise ImportFailed(
+            f"{model.id} has {len(model.files)} files; pass a directory holding them by name"
+        )
     return [(model.files[0], source)]
 
 
@@ -243,8 +259,7 @@ async def _storage_root(settings: Settings, model: ModelSpec) -> Path:
             await upgrade_to_head(db)
         await storage.load()
     except Exception as exc:  # no usable database: the default root is the server's too
-        print(f"keel: using the default storage root ({exc.__class__.__name__})",
-              file=sys.stderr)
+        print(f"keel: using the default storage root ({exc.__class__.__name__})", file=sys.stderr)
     finally:
         await db.dispose()
     return storage.model_dir(model).parent
@@ -258,8 +273,9 @@ def install_file(spec: FileSpec, source: Path, final: Path) -> Path:
     except OSError:
         raise ImportFailed(f"cannot read {source}") from None
     if size != spec.size:
-        raise ImportFailed(f"{source} is {size} bytes; the manifest says {spec.size} for "
-                           f"{spec.name}")
+        raise ImportFailed(
+            f"{source} is {size} bytes; the manifest says {spec.size} for {spec.name}"
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.import-{os.getpid()}.partial")
     digest = hashlib.sha256()
@@ -270,8 +286,10 @@ def install_file(spec: FileSpec, source: Path, final: Path) -> Path:
                 dst.write(chunk)
             dst.flush()
             if digest.hexdigest() != spec.sha256:
-                raise ImportFailed(f"{source} does not match the manifest's SHA-256 for "
-                                   f"{spec.name}; nothing was installed")
+                raise ImportFailed(
+                    f"{source} does not match the manifest's SHA-256 for "
+                    f"{spec.name}; nothing was installed"
+                )
             if dst.tell() != spec.size:
                 raise ImportFailed(f"{source} changed while it was being copied")
             os.fsync(dst.fileno())

@@ -39,20 +39,33 @@ STATE_KEY = "lifecycle"
 USER_AGENT = "keel/0.1 (model downloader)"
 
 
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                    "all_proxy")
+_PROXY_VARIABLES = (
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
 
 
-def download_client(settings: DownloadSettings, pool: HashPool,
-                    transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=settings.max_concurrent + 2,
-                          max_keepalive_connections=settings.max_concurrent)
+def download_client(
+    settings: DownloadSettings, pool: HashPool, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    limits = httpx.Limits(
+        max_connections=settings.max_concurrent + 2,
+        max_keepalive_connections=settings.max_concurrent,
+    )
     if transport is None and not any(os.environ.get(v) for v in _PROXY_VARIABLES):
         # httpx applies proxy variables only to its own transport; behind a proxy, use that.
         transport = download_transport(limits)
     # The read timeout is a backstop: the downloader's own stall watchdog fires first.
-    timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.stall_s + 5.0,
-                            write=settings.connect_timeout_s, pool=settings.connect_timeout_s)
+    timeout = httpx.Timeout(
+        connect=settings.connect_timeout_s,
+        read=settings.stall_s + 5.0,
+        write=settings.connect_timeout_s,
+        pool=settings.connect_timeout_s,
+    )
     return httpx.AsyncClient(
         transport=transport,
         mounts={"file://": FileTransport(pool, settings.chunk_bytes)},
@@ -94,8 +107,9 @@ class LifecycleComponent:
             jobs = JobRepository(state["db"])
             storage = StorageRoots(state["db"], settings.data_dir, self.free_space)
             hub = ProgressHub()
-            downloader = Downloader(client, pool, ds, state["metrics"], sleep=self.sleep,
-                                    rng=self.rng)
+            downloader = Downloader(
+                client, pool, ds, state["metrics"], sleep=self.sleep, rng=self.rng
+            )
             tasks = state["tasks"]
 
             def spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -103,18 +117,26 @@ class LifecycleComponent:
                 return task
 
             manager = DownloadManager(
-                manifest=manifest, storage=storage, jobs=jobs, downloader=downloader, hub=hub,
-                settings=ds, metrics=state["metrics"], timeline=state["timeline"], spawn=spawn)
-            service = LifecycleService(manager=manager, storage=storage, jobs=jobs, hub=hub,
-                                       pool=pool, settings=ds)
+                manifest=manifest,
+                storage=storage,
+                jobs=jobs,
+                downloader=downloader,
+                hub=hub,
+                settings=ds,
+                metrics=state["metrics"],
+                timeline=state["timeline"],
+                spawn=spawn,
+            )
+            service = LifecycleService(
+                manager=manager, storage=storage, jobs=jobs, hub=hub, pool=pool, settings=ds
+            )
             state[STATE_KEY] = service
             state["running_jobs"] = manager.running_jobs
             if state.get("schema_error"):
                 log.warning("database not migrated: downloads are not resumed")
             else:
                 await storage.load()
-                await asyncio.to_thread(storage.default_root.mkdir, parents=True,
-                                        exist_ok=True)
+                await asyncio.to_thread(storage.default_root.mkdir, parents=True, exist_ok=True)
                 manager.outcomes = await jobs.latest_finished()
                 await manager.resume_unfinished()
                 reaper = tasks.spawn(service.reap_forever(), name="lifecycle:reaper")

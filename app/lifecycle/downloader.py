@@ -99,8 +99,13 @@ class Downloader:
         """Download, verify and install ``spec`` at ``final``; raise the last DownloadFailure."""
         s = self.settings
         paths = PartialPaths(final)
-        policy = RetryPolicy(retries=s.retries, network_retries=s.network_retries,
-                             base_delay_s=s.base_delay_s, max_delay_s=s.max_delay_s, rng=self.rng)
+        policy = RetryPolicy(
+            retries=s.retries,
+            network_retries=s.network_retries,
+            base_delay_s=s.base_delay_s,
+            max_delay_s=s.max_delay_s,
+            rng=self.rng,
+        )
         state = _AttemptState()
         while True:
             state.attempt += 1
@@ -113,24 +118,39 @@ class Downloader:
                     paths.remove()
                     state.carry = None
                 decision = policy.decide(failure)
-                log.info("download attempt failed", extra={
-                    "model": model_id, "file": spec.name, "attempt": state.attempt,
-                    "reason": failure.reason, "retry": decision.retry, "fresh": decision.fresh})
+                log.info(
+                    "download attempt failed",
+                    extra={
+                        "model": model_id,
+                        "file": spec.name,
+                        "attempt": state.attempt,
+                        "reason": failure.reason,
+                        "retry": decision.retry,
+                        "fresh": decision.fresh,
+                    },
+                )
                 if not decision.retry:
                     raise
                 if decision.fresh:
                     paths.remove()
                     state.carry = None
                 await self.sleep(decision.delay)
-        await report(FileProgress("promoting", spec.name, spec.size, spec.size, state.attempt,
-                                  0, 0.0))
+        await report(
+            FileProgress("promoting", spec.name, spec.size, spec.size, state.attempt, 0, 0.0)
+        )
         try:
             await self.pool.run(promote, paths)
         except OSError as exc:
             raise disk_failure(exc) from exc
 
-    async def _attempt(self, model_id: str, spec: FileSpec, paths: PartialPaths,
-                       state: _AttemptState, report: Reporter) -> None:
+    async def _attempt(
+        self,
+        model_id: str,
+        spec: FileSpec,
+        paths: PartialPaths,
+        state: _AttemptState,
+        report: Reporter,
+    ) -> None:
         attempt = state.attempt
         sidecar, offset = await self.pool.run(lambda: (paths.read_sidecar(), paths.size()))
         if sidecar is None or not sidecar.matches(spec) or offset > spec.size:
@@ -144,8 +164,9 @@ class Downloader:
         try:
             if offset and state.carry is None:
                 # Re-hash the prefix before asking for the rest: the server is not kept waiting.
-                await report(FileProgress("downloading", spec.name, offset, spec.size, attempt,
-                                          offset, 0.0))
+                await report(
+                    FileProgress("downloading", spec.name, offset, spec.size, attempt, offset, 0.0)
+                )
                 state.carry = _Carry(offset, await self.pool.hash_file(paths.partial, offset))
             headers = {"Accept-Encoding": "identity"}
             if offset:
@@ -157,8 +178,7 @@ class Downloader:
                 status = resp.status_code
                 if offset and status == 416:
                     resumed = True
-                    await self._complete_partial(model_id, spec, paths, state, offset, resp,
-                                                 report)
+                    await self._complete_partial(model_id, spec, paths, state, offset, resp, report)
                     return
                 if offset and status == 206:
                     check_content_range(resp, offset, spec.size)
@@ -166,8 +186,10 @@ class Downloader:
                     self.metrics.download_resumes.labels(model=model_id).inc()
                 elif status == 200:
                     if offset:
-                        log.info("server ignored the range; restarting from byte 0",
-                                 extra={"model": model_id, "file": spec.name})
+                        log.info(
+                            "server ignored the range; restarting from byte 0",
+                            extra={"model": model_id, "file": spec.name},
+                        )
                     offset, state.carry = 0, None
                     check_length(resp, spec.size)
                 else:
@@ -178,25 +200,31 @@ class Downloader:
                 hasher = state.carry.hasher.copy() if state.carry else hashlib.sha256()
                 await self.pool.run(paths.write_sidecar, sidecar)
                 fd = await self.pool.run(open_partial, paths.partial, offset)
-                writer = BatchWriter(self.pool.strand(), fd, hasher, offset,
-                                     self.settings.write_queue_depth)
+                writer = BatchWriter(
+                    self.pool.strand(), fd, hasher, offset, self.settings.write_queue_depth
+                )
                 try:
-                    await self._stream(model_id, resp, writer, spec, paths, sidecar, attempt,
-                                       offset, report)
+                    await self._stream(
+                        model_id, resp, writer, spec, paths, sidecar, attempt, offset, report
+                    )
                 finally:
                     try:
                         await writer.close()
                     finally:
                         # What is both on disk and hashed seeds the next attempt.
-                        state.carry = None if writer.failed else _Carry(writer.hashed,
-                                                                        writer.hasher)
+                        state.carry = (
+                            None if writer.failed else _Carry(writer.hashed, writer.hasher)
+                        )
             await self._verify(spec, writer.hashed, writer.hasher, attempt, report)
         except DownloadFailure as failure:
             failure.resumed = resumed
             raise
         except httpx.TransportError as exc:
-            net = DownloadFailure(FailureKind.NETWORK, network_reason(exc),
-                                  "The connection to the download server failed.")
+            net = DownloadFailure(
+                FailureKind.NETWORK,
+                network_reason(exc),
+                "The connection to the download server failed.",
+            )
             net.resumed = resumed
             raise net from exc
         except OSError as exc:
@@ -205,33 +233,60 @@ class Downloader:
             raise disk from exc
 
     async def _complete_partial(
-        self, model_id: str, spec: FileSpec, paths: PartialPaths, state: _AttemptState,
-        offset: int, resp: httpx.Response, report: Reporter,
+        self,
+        model_id: str,
+        spec: FileSpec,
+        paths: PartialPaths,
+        state: _AttemptState,
+        offset: int,
+        resp: httpx.Response,
+        report: Reporter,
     ) -> None:
         """416 to a resume: if the partial already holds the whole file, verify it in place."""
         total = content_range(resp.headers.get("content-range", ""))[2]
         if offset != spec.size or total not in (None, spec.size):
-            raise DownloadFailure(FailureKind.HTTP, "range_not_satisfiable",
-                                  "The server could not resume the download.", restart=True)
+            raise DownloadFailure(
+                FailureKind.HTTP,
+                "range_not_satisfiable",
+                "The server could not resume the download.",
+                restart=True,
+            )
         self.metrics.download_resumes.labels(model=model_id).inc()
-        hasher = state.carry.hasher if state.carry else await self.pool.hash_file(
-            paths.partial, offset)
+        hasher = (
+            state.carry.hasher if state.carry else await self.pool.hash_file(paths.partial, offset)
+        )
         await self._verify(spec, offset, hasher, state.attempt, report)
 
-    async def _verify(self, spec: FileSpec, size: int, hasher: Hasher, attempt: int,
-                      report: Reporter) -> None:
+    async def _verify(
+        self, spec: FileSpec, size: int, hasher: Hasher, attempt: int, report: Reporter
+    ) -> None:
         await report(FileProgress("verifying", spec.name, size, spec.size, attempt, 0, 0.0))
         if size != spec.size:
-            raise DownloadFailure(FailureKind.NETWORK, "short_body",
-                                  "The download ended before the whole file arrived.")
+            raise DownloadFailure(
+                FailureKind.NETWORK,
+                "short_body",
+                "The download ended before the whole file arrived.",
+            )
         if hasher.hexdigest() != spec.sha256:
-            raise DownloadFailure(FailureKind.FINAL, "checksum_mismatch",
-                                  "The downloaded file does not match the manifest's SHA-256.",
-                                  code="checksum_mismatch", restart=True)
+            raise DownloadFailure(
+                FailureKind.FINAL,
+                "checksum_mismatch",
+                "The downloaded file does not match the manifest's SHA-256.",
+                code="checksum_mismatch",
+                restart=True,
+            )
 
     async def _stream(
-        self, model_id: str, resp: httpx.Response, writer: BatchWriter, spec: FileSpec,
-        paths: PartialPaths, sidecar: Sidecar, attempt: int, offset: int, report: Reporter,
+        self,
+        model_id: str,
+        resp: httpx.Response,
+        writer: BatchWriter,
+        spec: FileSpec,
+        paths: PartialPaths,
+        sidecar: Sidecar,
+        attempt: int,
+        offset: int,
+        report: Reporter,
     ) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
@@ -254,9 +309,12 @@ class Downloader:
                     received += n
                     if received > limit:
                         raise DownloadFailure(
-                            FailureKind.FINAL, "size_mismatch",
+                            FailureKind.FINAL,
+                            "size_mismatch",
                             "The server sent more bytes than the manifest's size.",
-                            code="checksum_mismatch", restart=True)
+                            code="checksum_mismatch",
+                            restart=True,
+                        )
                     batch.append(chunk)
                     buffered += n
                     now = loop.time()
@@ -268,12 +326,20 @@ class Downloader:
                         last_kick = now
                     if now - last_report >= s.progress_interval_s:
                         last_report = now
-                        self.metrics.download_bytes.labels(model=model_id).inc(
-                            received - counted)
+                        self.metrics.download_bytes.labels(model=model_id).inc(received - counted)
                         counted = received
                         rate = received / max(now - started, 1e-6)
-                        await report(FileProgress("downloading", spec.name, offset + received,
-                                                  spec.size, attempt, offset, rate))
+                        await report(
+                            FileProgress(
+                                "downloading",
+                                spec.name,
+                                offset + received,
+                                spec.size,
+                                attempt,
+                                offset,
+                                rate,
+                            )
+                        )
                     if now - last_persist >= s.persist_interval_s:
                         last_persist = now
                         writer.checkpoint(save)
@@ -287,16 +353,21 @@ class Downloader:
             if not isinstance(exc, DownloadFailure):
                 writer.push(batch)
             if isinstance(exc, TimeoutError):
-                raise DownloadFailure(FailureKind.NETWORK, "stalled",
-                                      f"No data arrived for {s.stall_s:g} s.") from None
+                raise DownloadFailure(
+                    FailureKind.NETWORK, "stalled", f"No data arrived for {s.stall_s:g} s."
+                ) from None
             if isinstance(exc, OSError):
                 raise disk_failure(exc) from exc
             raise
         finally:
             self.metrics.download_bytes.labels(model=model_id).inc(received - counted)
         if received < limit:
-            raise DownloadFailure(FailureKind.NETWORK, "short_body",
-                                  "The download ended before the whole file arrived.")
+            raise DownloadFailure(
+                FailureKind.NETWORK,
+                "short_body",
+                "The download ended before the whole file arrived.",
+            )
         rate = received / max(loop.time() - started, 1e-6)
-        await report(FileProgress("downloading", spec.name, spec.size, spec.size, attempt,
-                                  offset, rate))
+        await report(
+            FileProgress("downloading", spec.name, spec.size, spec.size, attempt, offset, rate)
+        )

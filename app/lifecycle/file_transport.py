@@ -55,15 +55,19 @@ class FileTransport(httpx.AsyncBaseTransport):
         if match and (if_range is None or if_range == etag):
             start = int(match.group(1))
             if start >= size:
-                return httpx.Response(416, headers={**headers, "Content-Range": f"bytes */{size}"},
-                                      request=request)
+                return httpx.Response(
+                    416, headers={**headers, "Content-Range": f"bytes */{size}"}, request=request
+                )
             end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         headers["Content-Length"] = str(end - start + 1)
-        return httpx.Response(status, headers=headers, request=request,
-                              stream=_FileStream(self.pool, path, start, end - start + 1,
-                                                 self.read_bytes))
+        return httpx.Response(
+            status,
+            headers=headers,
+            request=request,
+            stream=_FileStream(self.pool, path, start, end - start + 1, self.read_bytes),
+        )
 
 
 class _FileStream(httpx.AsyncByteStream):

@@ -29,7 +29,8 @@ Hasher = Any  # hashlib's _Hash is private; a sha256() object
 class HashPool:
     def __init__(self, threads: int, read_bytes: int = 1024 * 1024) -> None:
         self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix="keel-hash")
+            max_workers=threads, thread_name_prefix="keel-hash"
+        )
         self.read_bytes = read_bytes
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -71,8 +72,9 @@ class Strand:
     def __init__(self, executor: concurrent.futures.Executor) -> None:
         self._executor = executor
         self._lock = threading.Lock()
-        self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...],
-                                 concurrent.futures.Future[Any]]] = deque()
+        self._queue: deque[
+            tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]
+        ] = deque()
         self._running = False
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:

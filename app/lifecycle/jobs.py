@@ -47,9 +47,19 @@ class JobRecord:
     @classmethod
     def new(cls, model_id: str, total: int) -> JobRecord:
         now = utcnow()
-        return cls(id=uuid.uuid4().hex, model_id=model_id, state="queued", phase="queued",
-                   bytes_done=0, bytes_total=total, attempt=0, error_code=None,
-                   error_message=None, created_at=now, updated_at=now)
+        return cls(
+            id=uuid.uuid4().hex,
+            model_id=model_id,
+            state="queued",
+            phase="queued",
+            bytes_done=0,
+            bytes_total=total,
+            attempt=0,
+            error_code=None,
+            error_message=None,
+            created_at=now,
+            updated_at=now,
+        )
 
     @property
     def active(self) -> bool:
@@ -78,8 +88,11 @@ class JobRecord:
     def error(self) -> dict[str, Any] | None:
         if not self.error_code:
             return None
-        return {"code": self.error_code, "retryable": bool(self.error_retryable),
-                "message": self.error_message or ""}
+        return {
+            "code": self.error_code,
+            "retryable": bool(self.error_retryable),
+            "message": self.error_message or "",
+        }
 
 
 def percent(done: int, total: int) -> float:
@@ -110,32 +123,41 @@ class JobRepository:
         values.setdefault("updated_at", utcnow())
         async with self.db.write() as conn:
             await conn.execute(
-                update(download_jobs).where(download_jobs.c.id == job_id).values(**values))
+                update(download_jobs).where(download_jobs.c.id == job_id).values(**values)
+            )
 
     async def save(self, job: JobRecord, *fields: str) -> None:
         job.updated_at = utcnow()
-        await self.update(job.id, updated_at=job.updated_at,
-                          **{f: getattr(job, f) for f in fields})
+        await self.update(job.id, updated_at=job.updated_at, **{f: getattr(job, f) for f in fields})
 
     async def get(self, job_id: str) -> JobRecord | None:
         async with self.db.read() as conn:
-            row = (await conn.execute(
-                select(download_jobs).where(download_jobs.c.id == job_id))).first()
+            row = (
+                await conn.execute(select(download_jobs).where(download_jobs.c.id == job_id))
+            ).first()
         return _record(row) if row is not None else None
 
     async def unfinished(self) -> list[JobRecord]:
         async with self.db.read() as conn:
-            rows = (await conn.execute(
-                select(download_jobs).where(download_jobs.c.state.in_(ACTIVE_STATES))
-                .order_by(download_jobs.c.created_at))).all()
+            rows = (
+                await conn.execute(
+                    select(download_jobs)
+                    .where(download_jobs.c.state.in_(ACTIVE_STATES))
+                    .order_by(download_jobs.c.created_at)
+                )
+            ).all()
         return [_record(r) for r in rows]
 
     async def latest_finished(self) -> dict[str, JobRecord]:
         """The most recent finished job of each model (a small table: pruned by age)."""
         async with self.db.read() as conn:
-            rows = (await conn.execute(
-                select(download_jobs).where(download_jobs.c.state.in_(FINISHED_STATES))
-                .order_by(download_jobs.c.created_at))).all()
+            rows = (
+                await conn.execute(
+                    select(download_jobs)
+                    .where(download_jobs.c.state.in_(FINISHED_STATES))
+                    .order_by(download_jobs.c.created_at)
+                )
+            ).all()
         out: dict[str, JobRecord] = {}
         for row in rows:
             job = _record(row)
@@ -144,14 +166,18 @@ class JobRepository:
 
     async def recent(self, limit: int) -> list[JobRecord]:
         async with self.db.read() as conn:
-            rows = (await conn.execute(
-                select(download_jobs).order_by(download_jobs.c.created_at.desc())
-                .limit(limit))).all()
+            rows = (
+                await conn.execute(
+                    select(download_jobs).order_by(download_jobs.c.created_at.desc()).limit(limit)
+                )
+            ).all()
         return [_record(r) for r in rows]
 
     async def prune_finished(self, before: datetime) -> int:
         async with self.db.write() as conn:
             result = await conn.execute(
-                delete(download_jobs).where(download_jobs.c.state.in_(FINISHED_STATES))
-                .where(download_jobs.c.finished_at < before))
+                delete(download_jobs)
+                .where(download_jobs.c.state.in_(FINISHED_STATES))
+                .where(download_jobs.c.finished_at < before)
+            )
         return int(result.rowcount or 0)

@@ -97,9 +97,15 @@ class DownloadManager:
     def running_jobs(self) -> list[dict[str, Any]]:
         """What ``/v1/diagnostics`` shows of the downloads in flight."""
         return [
-            {"job": r.record.id, "kind": "download", "model": r.model.id,
-             "phase": r.record.phase, "bytes": r.record.bytes_done,
-             "total": r.record.bytes_total, "attempt": r.record.attempt}
+            {
+                "job": r.record.id,
+                "kind": "download",
+                "model": r.model.id,
+                "phase": r.record.phase,
+                "bytes": r.record.bytes_done,
+                "total": r.record.bytes_total,
+                "attempt": r.record.attempt,
+            }
             for r in self.running.values()
         ]
 
@@ -107,8 +113,12 @@ class DownloadManager:
         try:
             check_model_id(model_id)
         except UnsafeName:
-            raise ValidationFailed("The model id is not valid.", extra={"errors": [
-                {"field": "id", "message": "expected [a-z0-9][a-z0-9._-]{0,63}"}]}) from None
+            raise ValidationFailed(
+                "The model id is not valid.",
+                extra={
+                    "errors": [{"field": "id", "message": "expected [a-z0-9][a-z0-9._-]{0,63}"}]
+                },
+            ) from None
         spec = self.manifest.get(model_id)
         if spec is None:
             raise ModelNotFound("No model with this id is in the manifest.")
@@ -142,8 +152,13 @@ class DownloadManager:
             if free < bytes_needed + reserved + margin:
                 raise InsufficientStorage(
                     "Not enough free space in the storage root for this download.",
-                    extra={"needed_bytes": bytes_needed, "reserved_bytes": reserved,
-                           "margin_bytes": margin, "free_bytes": free})
+                    extra={
+                        "needed_bytes": bytes_needed,
+                        "reserved_bytes": reserved,
+                        "margin_bytes": margin,
+                        "free_bytes": free,
+                    },
+                )
 
     async def start(self, models: list[ModelSpec]) -> list[tuple[ModelPlan, RunningJob | None]]:
         """Start or join a download of each model; ``None`` for a model already installed."""
@@ -188,12 +203,14 @@ class DownloadManager:
         for record in await self.jobs.unfinished():
             model = self.manifest.get(record.model_id)
             if model is None:
-                await self._finish_row(record, "failed", "model_not_found",
-                                       "The model is no longer in the manifest.")
+                await self._finish_row(
+                    record, "failed", "model_not_found", "The model is no longer in the manifest."
+                )
                 continue
             if record.model_id in self.running:
-                await self._finish_row(record, "failed", "superseded",
-                                       "Another job for this model was resumed.")
+                await self._finish_row(
+                    record, "failed", "superseded", "Another job for this model was resumed."
+                )
                 continue
             plan = self.plan(model)
             try:
@@ -211,8 +228,15 @@ class DownloadManager:
         record.state, record.phase = state, "failed"
         record.error_code, record.error_message = code, message
         record.error_retryable, record.finished_at = False, utcnow()
-        await self.jobs.save(record, "state", "phase", "error_code", "error_message",
-                             "error_retryable", "finished_at")
+        await self.jobs.save(
+            record,
+            "state",
+            "phase",
+            "error_code",
+            "error_message",
+            "error_retryable",
+            "finished_at",
+        )
         self.outcomes[record.model_id] = record
 
     # -- the job itself ------------------------------------------------------------------
@@ -233,25 +257,38 @@ class DownloadManager:
                         done += spec.size
                         continue
                     await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
-                    await self.downloader.fetch(model.id, spec, final,
-                                                self._reporter(run, done))
+                    await self.downloader.fetch(model.id, spec, final, self._reporter(run, done))
                     done += spec.size
             duration = time.monotonic() - started
             self.metrics.download_duration.labels(model=model.id).observe(duration)
             record.bytes_done = record.bytes_total
             await self._end(run, "succeeded", "ready", duration=duration)
         except DownloadFailure as failure:
-            log.warning("download failed", extra={"model": model.id, "code": failure.code,
-                                                  "reason": failure.reason})
-            await self._end(run, "failed", "failed", code=failure.code,
-                            message=failure.message, retryable=failure.retryable,
-                            duration=time.monotonic() - started)
+            log.warning(
+                "download failed",
+                extra={"model": model.id, "code": failure.code, "reason": failure.reason},
+            )
+            await self._end(
+                run,
+                "failed",
+                "failed",
+                code=failure.code,
+                message=failure.message,
+                retryable=failure.retryable,
+                duration=time.monotonic() - started,
+            )
         except asyncio.CancelledError:
             if run.cancel_reason == USER_CANCEL:
                 await asyncio.to_thread(self._remove_partials, model)
-                await self._end(run, "cancelled", "failed", code="cancelled",
-                                message="The download was cancelled.", retryable=True,
-                                duration=time.monotonic() - started)
+                await self._end(
+                    run,
+                    "cancelled",
+                    "failed",
+                    code="cancelled",
+                    message="The download was cancelled.",
+                    retryable=True,
+                    duration=time.monotonic() - started,
+                )
             else:  # shutdown: keep the row active and the partial, to resume at next start
                 with contextlib.suppress(Exception):
                     await self.jobs.save(record, "bytes_done", "attempt")
@@ -259,9 +296,15 @@ class DownloadManager:
             raise
         except Exception:
             log.exception("download job crashed", extra={"model": model.id})
-            await self._end(run, "failed", "failed", code="internal_error",
-                            message="The download stopped on an internal error.",
-                            retryable=True, duration=time.monotonic() - started)
+            await self._end(
+                run,
+                "failed",
+                "failed",
+                code="internal_error",
+                message="The download stopped on an internal error.",
+                retryable=True,
+                duration=time.monotonic() - started,
+            )
 
     def _reporter(self, run: RunningJob, base: int) -> Callable[[FileProgress], Any]:
         async def report(p: FileProgress) -> None:
@@ -269,8 +312,14 @@ class DownloadManager:
             phase_changed = record.phase != p.phase
             record.phase, record.attempt = p.phase, p.attempt
             record.bytes_done = base + p.bytes
-            self._publish(run, p.phase, p.file, attempt=p.attempt, resumed_from=p.resumed_from,
-                          bytes_per_s=p.bytes_per_s)
+            self._publish(
+                run,
+                p.phase,
+                p.file,
+                attempt=p.attempt,
+                resumed_from=p.resumed_from,
+                bytes_per_s=p.bytes_per_s,
+            )
             now = time.monotonic()
             if phase_changed or now - run.last_persist >= self.settings.persist_interval_s:
                 run.last_persist = now
@@ -281,9 +330,17 @@ class DownloadManager:
 
         return report
 
-    async def _end(self, run: RunningJob, state: str, phase: str, *, code: str | None = None,
-                   message: str | None = None, retryable: bool = False,
-                   duration: float | None = None) -> None:
+    async def _end(
+        self,
+        run: RunningJob,
+        state: str,
+        phase: str,
+        *,
+        code: str | None = None,
+        message: str | None = None,
+        retryable: bool = False,
+        duration: float | None = None,
+    ) -> None:
         record = run.record
         old = record.state
         record.state, record.phase = state, phase
@@ -291,17 +348,28 @@ class DownloadManager:
         record.error_retryable = retryable if code else None
         record.finished_at, record.duration_s = utcnow(), duration
         # The row first: once the model reads as installed (or failed), its job is recorded.
-        save = asyncio.ensure_future(self.jobs.save(
-            record, "state", "phase", "bytes_done", "error_code", "error_message",
-            "error_retryable", "finished_at", "duration_s"))
+        save = asyncio.ensure_future(
+            self.jobs.save(
+                record,
+                "state",
+                "phase",
+                "bytes_done",
+                "error_code",
+                "error_message",
+                "error_retryable",
+                "finished_at",
+                "duration_s",
+            )
+        )
         try:
             await asyncio.shield(save)
         except asyncio.CancelledError:
             await save  # a shutdown arriving now waits for the outcome to be recorded
             raise
         except Exception:
-            log.exception("could not save the end of a download job",
-                          extra={"model": record.model_id})
+            log.exception(
+                "could not save the end of a download job", extra={"model": record.model_id}
+            )
         finally:
             self._publish(run, phase, None, error=record.error())
             self._transition(run, old, state, code or "done")
@@ -350,15 +418,30 @@ class DownloadManager:
 
     # -- events, metrics, timeline -------------------------------------------------------
 
-    def _publish(self, run: RunningJob, phase: str, file: str | None, *, attempt: int = 0,
-                 resumed_from: int = 0, bytes_per_s: float = 0.0,
-                 error: dict[str, Any] | None = None) -> None:
+    def _publish(
+        self,
+        run: RunningJob,
+        phase: str,
+        file: str | None,
+        *,
+        attempt: int = 0,
+        resumed_from: int = 0,
+        bytes_per_s: float = 0.0,
+        error: dict[str, Any] | None = None,
+    ) -> None:
         record = run.record
         event = ProgressEvent(
-            model=record.model_id, job_id=record.id, phase=phase, file=file,
-            bytes=record.bytes_done, total=record.bytes_total,
-            attempt=attempt or record.attempt, resumed_from=resumed_from,
-            bytes_per_s=bytes_per_s, error=error)
+            model=record.model_id,
+            job_id=record.id,
+            phase=phase,
+            file=file,
+            bytes=record.bytes_done,
+            total=record.bytes_total,
+            attempt=attempt or record.attempt,
+            resumed_from=resumed_from,
+            bytes_per_s=bytes_per_s,
+            error=error,
+        )
         run.last_event = event
         self.hub.publish(event)
 

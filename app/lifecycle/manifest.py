@@ -170,8 +170,9 @@ def _parse_file(entry: Any, where: str) -> FileSpec:
     url = _str(entry, "url", where)
     parts = urlsplit(url)
     if parts.scheme not in URL_SCHEMES:
-        raise ManifestError(f"{where}.url: scheme must be http, https or file, not "
-                            f"{parts.scheme or 'missing'!r}")
+        raise ManifestError(
+            f"{where}.url: scheme must be http, https or file, not {parts.scheme or 'missing'!r}"
+        )
     if parts.scheme in ("http", "https") and not parts.hostname:
         raise ManifestError(f"{where}.url: an http(s) URL needs a host")
     if parts.scheme == "file" and not parts.path.startswith("/"):

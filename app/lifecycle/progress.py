@@ -45,9 +45,15 @@ class ProgressEvent:
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "model": self.model, "job_id": self.job_id, "phase": self.phase, "file": self.file,
-            "bytes": self.bytes, "total": self.total, "percent": self.percent,
-            "attempt": self.attempt, "resumed_from": self.resumed_from,
+            "model": self.model,
+            "job_id": self.job_id,
+            "phase": self.phase,
+            "file": self.file,
+            "bytes": self.bytes,
+            "total": self.total,
+            "percent": self.percent,
+            "attempt": self.attempt,
+            "resumed_from": self.resumed_from,
             "bytes_per_s": round(self.bytes_per_s, 1),
         }
         if self.error is not None:
@@ -99,8 +105,12 @@ class Subscription:
 
 
 def _coalesces(old: ProgressEvent, new: ProgressEvent) -> bool:
-    return (not old.terminal and old.phase == new.phase and old.file == new.file
-            and old.job_id == new.job_id)
+    return (
+        not old.terminal
+        and old.phase == new.phase
+        and old.file == new.file
+        and old.job_id == new.job_id
+    )
 
 
 class ProgressHub:

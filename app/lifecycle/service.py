@@ -75,10 +75,15 @@ class LifecycleService:
             if outcome is not None and outcome.state == "failed":
                 state, error = "error", outcome.error()
         view: dict[str, Any] = {
-            "id": model.id, "name": model.name, "capability": model.capability,
-            "engine": model.engine, "state": state, "size": total,
-            "files": [{"name": f.name, "size": f.size, "installed": f.installed}
-                      for f in plan.files],
+            "id": model.id,
+            "name": model.name,
+            "capability": model.capability,
+            "engine": model.engine,
+            "state": state,
+            "size": total,
+            "files": [
+                {"name": f.name, "size": f.size, "installed": f.installed} for f in plan.files
+            ],
             "progress": {"bytes": done, "total": total, "percent": percent(done, total)},
         }
         if error is not None:
@@ -101,14 +106,24 @@ class LifecycleService:
                 except OSError:
                     free[str(root)] = None
             running = plan.model.id in self.manager.running
-            models.append({
-                "id": plan.model.id,
-                "action": "none" if plan.installed else "join" if running else "download",
-                "bytes_to_fetch": plan.to_fetch,
-                "files": [{"name": f.name, "size": f.size, "installed": f.installed,
-                           "partial_bytes": f.partial_bytes, "bytes_to_fetch": f.to_fetch,
-                           "target_path": str(f.path)} for f in plan.files],
-            })
+            models.append(
+                {
+                    "id": plan.model.id,
+                    "action": "none" if plan.installed else "join" if running else "download",
+                    "bytes_to_fetch": plan.to_fetch,
+                    "files": [
+                        {
+                            "name": f.name,
+                            "size": f.size,
+                            "installed": f.installed,
+                            "partial_bytes": f.partial_bytes,
+                            "bytes_to_fetch": f.to_fetch,
+                            "target_path": str(f.path),
+                        }
+                        for f in plan.files
+                    ],
+                }
+            )
         return {
             "models": models,
             "bytes_to_fetch": sum(p.to_fetch for p in plans),
@@ -127,8 +142,16 @@ class LifecycleService:
             return ProgressEvent(model.id, None, "ready", None, total, total)
         outcome = self.manager.outcomes.get(model.id)
         if outcome is not None and outcome.state == "failed":
-            return ProgressEvent(model.id, outcome.id, "failed", None, plan.on_disk, total,
-                                 attempt=outcome.attempt, error=outcome.error())
+            return ProgressEvent(
+                model.id,
+                outcome.id,
+                "failed",
+                None,
+                plan.on_disk,
+                total,
+                attempt=outcome.attempt,
+                error=outcome.error(),
+            )
         return None
 
     # -- actions --------------------------------------------------------------------------
@@ -164,14 +187,18 @@ class LifecycleService:
                 self.manager.outcomes[model.id] = record
                 raise ChecksumMismatch(
                     "An installed file does not match the manifest's SHA-256; it was removed.",
-                    extra={"files": files})
+                    extra={"files": files},
+                )
         return {"id": model.id, "ok": True, "files": files}
 
     async def delete(self, model: ModelSpec, *, dry_run: bool) -> dict[str, Any]:
         if dry_run:
             plan = self.manager.plan(model)
-            return {"dry_run": True, "cancels_job": model.id in self.manager.running,
-                    "removes": [str(f.path) for f in plan.files if f.installed or f.partial_bytes]}
+            return {
+                "dry_run": True,
+                "cancels_job": model.id in self.manager.running,
+                "removes": [str(f.path) for f in plan.files if f.installed or f.partial_bytes],
+            }
         cancelled = await self.manager.cancel(model.id)
         await asyncio.to_thread(self.manager.remove_files, model)
         self.manager.outcomes.pop(model.id, None)
@@ -206,7 +233,8 @@ class LifecycleService:
         removed = await asyncio.to_thread(_reap, self.storage.all_roots(), owned, cutoff)
         with contextlib.suppress(Exception):
             await self.jobs.prune_finished(
-                utcnow() - timedelta(seconds=self.settings.partial_max_age_s))
+                utcnow() - timedelta(seconds=self.settings.partial_max_age_s)
+            )
         if removed:
             log.info("reaped stale partial files", extra={"count": removed})
         return removed

@@ -70,8 +70,11 @@ class StorageRoots:
 
     async def load(self) -> None:
         async with self.db.read() as conn:
-            row = (await conn.execute(
-                select(settings_kv.c.value).where(settings_kv.c.key == SETTINGS_KEY))).first()
+            row = (
+                await conn.execute(
+                    select(settings_kv.c.value).where(settings_kv.c.key == SETTINGS_KEY)
+                )
+            ).first()
         if row is not None:
             self.config = StorageConfig.model_validate(row.value)
 
@@ -98,11 +101,21 @@ class StorageRoots:
         roots = []
         for cap in CAPABILITIES:
             path = self.root(cap)
-            roots.append({"capability": cap, "path": str(path),
-                          "overridden": cap in self.config.overrides,
-                          "exists": path.is_dir(), "free_bytes": self._free(path)})
-        return {"root": self.config.root, "default_root": str(self.default_root),
-                "overrides": dict(self.config.overrides), "effective": roots}
+            roots.append(
+                {
+                    "capability": cap,
+                    "path": str(path),
+                    "overridden": cap in self.config.overrides,
+                    "exists": path.is_dir(),
+                    "free_bytes": self._free(path),
+                }
+            )
+        return {
+            "root": self.config.root,
+            "default_root": str(self.default_root),
+            "overrides": dict(self.config.overrides),
+            "effective": roots,
+        }
 
     def _free(self, path: Path) -> int | None:
         try:
@@ -120,16 +133,21 @@ class StorageRoots:
             check_root(field, raw, create=create and not dry_run, dry_run=dry_run)
         normalised = StorageConfig(
             root=str(Path(new.root)) if new.root else None,
-            overrides={cap: str(Path(p)) for cap, p in new.overrides.items()})
+            overrides={cap: str(Path(p)) for cap, p in new.overrides.items()},
+        )
         if dry_run:
             return
         value = normalised.model_dump(mode="json")
         async with self.db.write() as conn:
-            done = await conn.execute(update(settings_kv).where(
-                settings_kv.c.key == SETTINGS_KEY).values(value=value, updated_at=utcnow()))
+            done = await conn.execute(
+                update(settings_kv)
+                .where(settings_kv.c.key == SETTINGS_KEY)
+                .values(value=value, updated_at=utcnow())
+            )
             if not done.rowcount:
-                await conn.execute(settings_kv.insert().values(
-                    key=SETTINGS_KEY, value=value, updated_at=utcnow()))
+                await conn.execute(
+                    settings_kv.insert().values(key=SETTINGS_KEY, value=value, updated_at=utcnow())
+                )
         self.config = normalised
 
 
@@ -147,7 +165,7 @@ def check_root(field: str, raw: str, *, create: bool, dry_run: bool = False) -> 
         if dry_run:
             return
         if not create:
-            raise _invalid(field, "does not exist; send \"create\": true to create it")
+            raise _invalid(field, 'does not exist; send "create": true to create it')
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError:
@@ -168,5 +186,6 @@ def is_writable(path: Path) -> bool:
 
 
 def _invalid(field: str, why: str) -> ValidationFailed:
-    return ValidationFailed(f"The storage root {field} {why}.",
-                            extra={"errors": [{"field": field, "message": why}]})
+    return ValidationFailed(
+        f"The storage root {field} {why}.", extra={"errors": [{"field": field, "message": why}]}
+    )

@@ -82,7 +82,7 @@ class BatchWriter:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             view = memoryview(data)
             for start in range(0, len(data), WRITE_PIECE):
-                write_all(self._fd, view[start:start + WRITE_PIECE])
+                write_all(self._fd, view[start : start + WRITE_PIECE])
             self.hasher.update(data)
             self.hashed += len(data)
         except BaseException as exc:

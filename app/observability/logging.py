@@ -13,7 +13,9 @@ import time
 from typing import Any
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
-    "message", "asctime", "color_message",  # uvicorn duplicates msg with ANSI colours
+    "message",
+    "asctime",
+    "color_message",  # uvicorn duplicates msg with ANSI colours
 }
 
 

@@ -23,78 +23,141 @@ class Metrics:
 
         # HTTP (foundation)
         self.http_requests = Counter(
-            "keel_http_requests_total", "HTTP requests by route template, method and status",
-            ["route", "method", "status"], registry=r)
+            "keel_http_requests_total",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
         self.http_latency = Histogram(
-            "keel_http_request_duration_seconds", "HTTP request latency by route template",
-            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+            "keel_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.http_in_flight = Gauge(
-            "keel_http_requests_in_flight", "HTTP requests being served", registry=r)
+            "keel_http_requests_in_flight", "HTTP requests being served", registry=r
+        )
 
         # Resilience
         self.breaker_state = Gauge(
-            "keel_breaker_state", "1 for the breaker's current state, 0 for the others",
-            ["provider", "state"], registry=r)
+            "keel_breaker_state",
+            "1 for the breaker's current state, 0 for the others",
+            ["provider", "state"],
+            registry=r,
+        )
         self.breaker_transitions = Counter(
-            "keel_breaker_transitions_total", "Circuit breaker transitions",
-            ["provider", "from_state", "to_state"], registry=r)
+            "keel_breaker_transitions_total",
+            "Circuit breaker transitions",
+            ["provider", "from_state", "to_state"],
+            registry=r,
+        )
         self.upstream_attempts = Counter(
-            "keel_upstream_attempts_total", "Upstream call attempts by outcome",
-            ["provider", "outcome"], registry=r)
+            "keel_upstream_attempts_total",
+            "Upstream call attempts by outcome",
+            ["provider", "outcome"],
+            registry=r,
+        )
         self.upstream_retries = Counter(
-            "keel_upstream_retries_total", "Retries by provider and the reason for retrying",
-            ["provider", "reason"], registry=r)
+            "keel_upstream_retries_total",
+            "Retries by provider and the reason for retrying",
+            ["provider", "reason"],
+            registry=r,
+        )
         self.retry_budget_exhausted = Counter(
-            "keel_retry_budget_exhausted_total", "Retries refused by the retry budget",
-            ["provider"], registry=r)
+            "keel_retry_budget_exhausted_total",
+            "Retries refused by the retry budget",
+            ["provider"],
+            registry=r,
+        )
         self.limiter_in_use = Gauge(
-            "keel_limiter_in_use", "Concurrency slots in use", ["provider"], registry=r)
+            "keel_limiter_in_use", "Concurrency slots in use", ["provider"], registry=r
+        )
         self.limiter_queued = Gauge(
-            "keel_limiter_queued", "Callers waiting for a concurrency slot", ["provider"],
-            registry=r)
+            "keel_limiter_queued",
+            "Callers waiting for a concurrency slot",
+            ["provider"],
+            registry=r,
+        )
         self.rejections = Counter(
-            "keel_rejections_total", "Requests rejected before reaching an upstream",
-            ["provider", "code"], registry=r)
+            "keel_rejections_total",
+            "Requests rejected before reaching an upstream",
+            ["provider", "code"],
+            registry=r,
+        )
         self.cancellations = Counter(
-            "keel_cancellations_total", "Cancelled requests by reason", ["reason"], registry=r)
+            "keel_cancellations_total", "Cancelled requests by reason", ["reason"], registry=r
+        )
         self.upstream_latency = Histogram(
-            "keel_upstream_duration_seconds", "Upstream attempt latency",
-            ["provider"], buckets=LATENCY_BUCKETS, registry=r)
+            "keel_upstream_duration_seconds",
+            "Upstream attempt latency",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.fallbacks = Counter(
-            "keel_fallbacks_total", "Requests answered by a target after the first",
-            ["route"], registry=r)
+            "keel_fallbacks_total",
+            "Requests answered by a target after the first",
+            ["route"],
+            registry=r,
+        )
 
         # Store
         self.idempotent_replays = Counter(
-            "keel_idempotent_replays_total", "Responses replayed from an idempotency key",
-            ["route"], registry=r)
+            "keel_idempotent_replays_total",
+            "Responses replayed from an idempotency key",
+            ["route"],
+            registry=r,
+        )
         self.version_conflicts = Counter(
-            "keel_version_conflicts_total", "Optimistic concurrency conflicts",
-            ["route", "code"], registry=r)
+            "keel_version_conflicts_total",
+            "Optimistic concurrency conflicts",
+            ["route", "code"],
+            registry=r,
+        )
         self.data_corruption = Counter(
-            "keel_data_corruption_total", "Stored records that failed their checksum",
-            ["kind"], registry=r)
+            "keel_data_corruption_total",
+            "Stored records that failed their checksum",
+            ["kind"],
+            registry=r,
+        )
         self.idempotency_swept = Counter(
-            "keel_idempotency_keys_swept_total", "Expired idempotency keys deleted", registry=r)
+            "keel_idempotency_keys_swept_total", "Expired idempotency keys deleted", registry=r
+        )
 
         # Model lifecycle
         self.model_load_duration = Histogram(
-            "keel_model_load_duration_seconds", "Model load duration", ["model", "kind"],
-            buckets=LOAD_BUCKETS, registry=r)
+            "keel_model_load_duration_seconds",
+            "Model load duration",
+            ["model", "kind"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
         self.download_bytes = Counter(
-            "keel_download_bytes_total", "Bytes downloaded for model files", ["model"],
-            registry=r)
+            "keel_download_bytes_total", "Bytes downloaded for model files", ["model"], registry=r
+        )
         self.download_duration = Histogram(
-            "keel_download_duration_seconds", "Whole download job duration", ["model"],
-            buckets=DOWNLOAD_BUCKETS, registry=r)
+            "keel_download_duration_seconds",
+            "Whole download job duration",
+            ["model"],
+            buckets=DOWNLOAD_BUCKETS,
+            registry=r,
+        )
         self.download_resumes = Counter(
-            "keel_download_resumes_total", "Downloads resumed from a partial file", ["model"],
-            registry=r)
+            "keel_download_resumes_total",
+            "Downloads resumed from a partial file",
+            ["model"],
+            registry=r,
+        )
         self.download_failures = Counter(
-            "keel_download_failures_total", "Failed download attempts by error code",
-            ["model", "code"], registry=r)
+            "keel_download_failures_total",
+            "Failed download attempts by error code",
+            ["model", "code"],
+            registry=r,
+        )
         self.download_jobs = Gauge(
-            "keel_download_jobs", "Download jobs by state", ["state"], registry=r)
+            "keel_download_jobs", "Download jobs by state", ["state"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

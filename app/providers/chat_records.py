@@ -123,4 +123,3 @@ class StreamTranscript:
 
     def body(self) -> bytes:
         return b"".join(self.raw)
-

@@ -89,7 +89,8 @@ class ChatService:
         lowered, never raised, by the caller's ``X-Request-Timeout``."""
         first = self.settings.providers.get(targets[0].provider)
         default = (first.timeout_s if first and first.timeout_s else None) or (
-            self.settings.resilience.default_timeout_s)
+            self.settings.resilience.default_timeout_s
+        )
         seconds = min(default, requested_s) if requested_s else default
         return Deadline.after(seconds, self.clock)
 
@@ -99,7 +100,8 @@ class ChatService:
         async def attempt(target: Target, stack: AsyncExitStack) -> Answer:
             provider = self.providers[target.provider]
             completion, attempts = await self.guards[target.provider].run(
-                lambda d: provider.complete(body, target.model, d), deadline)
+                lambda d: provider.complete(body, target.model, d), deadline
+            )
             return Answer(target, attempts, completion=completion)
 
         return await self._first_answer(targets, deadline, attempt)
@@ -109,8 +111,9 @@ class ChatService:
     ) -> Answer:
         idle = min(self.settings.resilience.stream_idle_s, max(deadline.remaining(), 0.001))
 
-        async def open_and_peek(target: Target, d: Deadline) -> tuple[ChatStream, bytes,
-                                                                      AsyncIterator[bytes]]:
+        async def open_and_peek(
+            target: Target, d: Deadline
+        ) -> tuple[ChatStream, bytes, AsyncIterator[bytes]]:
             stream = await self.providers[target.provider].open_stream(body, target.model, d)
             events = stream.events(min(idle, max(d.remaining(), 0.001)))
             try:
@@ -129,7 +132,8 @@ class ChatService:
 
         async def attempt(target: Target, stack: AsyncExitStack) -> Answer:
             (stream, first, rest), attempts = await self.guards[target.provider].run(
-                lambda d: open_and_peek(target, d), deadline)
+                lambda d: open_and_peek(target, d), deadline
+            )
             # Hand the slot and the socket to the stream: released when the client is done.
             owned = stack.pop_all()
             owned.push_async_callback(stream.aclose)
@@ -167,8 +171,9 @@ class ChatService:
                 errors.append(exc)
             except DeadlineExceeded:
                 raise
-            log.info("target failed, falling back",
-                     extra={"target": target.id, "code": errors[-1].code})
+            log.info(
+                "target failed, falling back", extra={"target": target.id, "code": errors[-1].code}
+            )
         if deadline.expired:
             raise DeadlineExceeded("The request deadline passed before any target answered.")
         raise self._final_error(errors)
@@ -184,8 +189,11 @@ class ChatService:
             )
         if exc.reason == "timeout":
             return UpstreamTimeout("The provider did not answer in time.")
-        detail = (f"The provider failed (HTTP {exc.status_code})." if exc.status_code
-                  else "The provider could not be reached.")
+        detail = (
+            f"The provider failed (HTTP {exc.status_code})."
+            if exc.status_code
+            else "The provider could not be reached."
+        )
         return UpstreamError(detail, retry_after=exc.retry_after)
 
     @staticmethod

@@ -76,7 +76,9 @@ class OpenAIHTTPProvider:
         payload = _encode({**body, "model": model, "stream": False})
         try:
             resp = await self._client.post(
-                "chat/completions", content=payload, timeout=self._timeout(deadline),
+                "chat/completions",
+                content=payload,
+                timeout=self._timeout(deadline),
                 headers={"Content-Type": "application/json"},
             )
         except httpx.HTTPError as exc:
@@ -90,7 +92,10 @@ class OpenAIHTTPProvider:
     ) -> HTTPChatStream:
         payload = _encode({**body, "model": model, "stream": True})
         request = self._client.build_request(
-            "POST", "chat/completions", content=payload, timeout=self._timeout(deadline),
+            "POST",
+            "chat/completions",
+            content=payload,
+            timeout=self._timeout(deadline),
             headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
         )
         try:
@@ -122,9 +127,13 @@ class OpenAIHTTPProvider:
         header = resp.headers.get("retry-after")
         retry_after = parse_retry_after(header, time.time()) if header else None
         log.warning(
-            "upstream answered %d", resp.status_code,
-            extra={"provider": self.name, "status": resp.status_code,
-                   "upstream_body": content[:_MAX_ERROR_LOG].decode("utf-8", "replace")},
+            "upstream answered %d",
+            resp.status_code,
+            extra={
+                "provider": self.name,
+                "status": resp.status_code,
+                "upstream_body": content[:_MAX_ERROR_LOG].decode("utf-8", "replace"),
+            },
         )
         return UpstreamFailure(status_code=resp.status_code, retry_after=retry_after)
 

@@ -27,15 +27,20 @@ def providers_component() -> Callable[[dict[str, Any]], Any]:
                     continue  # local models join through the runtime (later issue)
                 providers[name] = OpenAIHTTPProvider(name, cfg)
                 guards[name] = ProviderGuard.from_settings(
-                    name, cfg, settings.resilience,
-                    metrics=state["metrics"], timeline=state["timeline"],
+                    name,
+                    cfg,
+                    settings.resilience,
+                    metrics=state["metrics"],
+                    timeline=state["timeline"],
                 )
-            router = ModelRouter(settings.routes, {n: p.model_names() for n, p in
-                                                   providers.items()})
+            router = ModelRouter(
+                settings.routes, {n: p.model_names() for n, p in providers.items()}
+            )
             state["guards"] = guards
             state["chat"] = ChatService(settings, router, providers, guards, state["metrics"])
             state["chat_records"] = ChatRecords(
-                state["db"], state["conversations"], state["idempotency"])
+                state["db"], state["conversations"], state["idempotency"]
+            )
             yield
         finally:
             for provider in providers.values():

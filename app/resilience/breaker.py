@@ -329,7 +329,11 @@ class CircuitBreaker:
         if to is BreakerState.CLOSED:
             self._window.clear()
         log.info(
-            "breaker %s: %s -> %s (%s)", self.name, before.value, to.value, reason,
+            "breaker %s: %s -> %s (%s)",
+            self.name,
+            before.value,
+            to.value,
+            reason,
             extra={"breaker": self.name, "from_state": before.value, "to_state": to.value},
         )
         for listener in list(self._listeners):

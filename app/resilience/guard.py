@@ -109,8 +109,11 @@ class ProviderGuard:
             retry.budget_ratio, retry.budget_min_per_s, BUDGET_WINDOW_S, self.clock
         )
         self.limiter = ConcurrencyLimiter(
-            max_concurrency, max_queue_wait_s, self.clock,
-            name=provider, on_change=self._on_occupancy,
+            max_concurrency,
+            max_queue_wait_s,
+            self.clock,
+            name=provider,
+            on_change=self._on_occupancy,
         )
         self.retrier = Retrier(
             RetryPolicy.from_settings(retry, min_attempt_s=min_attempt_s),

@@ -45,8 +45,8 @@ class ConcurrencyLimiter:
         self.max_concurrency = max_concurrency
         self.max_queue_wait_s = max(0.0, max_queue_wait_s)
         self.max_queue = 4 * max_concurrency if max_queue is None else max(0, max_queue)
-        self.retry_after_s = retry_after_s if retry_after_s is not None else max(
-            1.0, self.max_queue_wait_s
+        self.retry_after_s = (
+            retry_after_s if retry_after_s is not None else max(1.0, self.max_queue_wait_s)
         )
         self._clock = clock or MonotonicClock()
         self._on_change = on_change

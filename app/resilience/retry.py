@@ -147,8 +147,12 @@ class Retrier:
             self._observer.on_give_up(c.reason, "attempts")
             return None
         delay = compute_delay(
-            attempt - 1, p.base_delay_s, p.max_delay_s, self._rng,
-            retry_after=c.retry_after, remaining=deadline.remaining(),
+            attempt - 1,
+            p.base_delay_s,
+            p.max_delay_s,
+            self._rng,
+            retry_after=c.retry_after,
+            remaining=deadline.remaining(),
             min_attempt_s=p.min_attempt_s,
         )
         if delay is None:

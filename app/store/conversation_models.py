@@ -118,10 +118,16 @@ class Precondition:
         return out
 
     @classmethod
-    def of(cls, if_match: Iterable[int] | None = None, *, expected_version: int | None = None,
-           any_version: bool = False) -> Precondition:
-        return cls(frozenset(if_match) if if_match is not None else None, any_version,
-                   expected_version)
+    def of(
+        cls,
+        if_match: Iterable[int] | None = None,
+        *,
+        expected_version: int | None = None,
+        any_version: bool = False,
+    ) -> Precondition:
+        return cls(
+            frozenset(if_match) if if_match is not None else None, any_version, expected_version
+        )
 
 
 @dataclass(frozen=True, slots=True)

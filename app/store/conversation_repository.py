@@ -26,8 +26,16 @@ from app.store.tables import conversations as C
 from app.store.tables import messages as M
 from app.store.timeutil import as_utc
 
-_HEAD = (C.c.id, C.c.title, C.c.metadata, C.c.version, C.c.next_seq, C.c.created_at,
-         C.c.updated_at, C.c.fields_version)
+_HEAD = (
+    C.c.id,
+    C.c.title,
+    C.c.metadata,
+    C.c.version,
+    C.c.next_seq,
+    C.c.created_at,
+    C.c.updated_at,
+    C.c.fields_version,
+)
 _MESSAGE = (M.c.id, M.c.seq, M.c.role, M.c.content, M.c.created_at, M.c.checksum)
 
 StoredMessage = tuple[Message, str]
@@ -38,8 +46,16 @@ VersionCheck = Literal["none", "one", "many"]
 
 def _conversation(row: Sequence[Any]) -> Conversation:  # the _HEAD columns, in order
     cid, title, metadata, version, next_seq, created_at, updated_at, fields_version = row
-    return Conversation(cid, title, metadata, version, as_utc(created_at), as_utc(updated_at),
-                        next_seq - 1, fields_version)
+    return Conversation(
+        cid,
+        title,
+        metadata,
+        version,
+        as_utc(created_at),
+        as_utc(updated_at),
+        next_seq - 1,
+        fields_version,
+    )
 
 
 def _message(row: Sequence[Any]) -> StoredMessage:  # the _MESSAGE columns, in order
@@ -53,12 +69,27 @@ _HEAD_BY_ID = select(*_HEAD).where(C.c.id == bindparam("p_id"), C.c.deleted_at.i
 
 
 async def insert_conversation(
-    conn: AsyncConnection, *, id: str, title: str | None, metadata: dict[str, Any],
+    conn: AsyncConnection,
+    *,
+    id: str,
+    title: str | None,
+    metadata: dict[str, Any],
     now: datetime,
 ) -> None:
-    await _INSERT_CONVERSATION.execute(conn, {
-        "id": id, "title": title, "metadata": metadata, "version": 1, "next_seq": 1,
-        "created_at": now, "updated_at": now, "deleted_at": None, "fields_version": 1})
+    await _INSERT_CONVERSATION.execute(
+        conn,
+        {
+            "id": id,
+            "title": title,
+            "metadata": metadata,
+            "version": 1,
+            "next_seq": 1,
+            "created_at": now,
+            "updated_at": now,
+            "deleted_at": None,
+            "fields_version": 1,
+        },
+    )
 
 
 async def head(conn: AsyncConnection, conversation_id: str) -> Conversation | None:
@@ -68,8 +99,9 @@ async def head(conn: AsyncConnection, conversation_id: str) -> Conversation | No
 
 
 @functools.cache
-def _bump_statement(messages: bool, fields: tuple[str, ...], delete: bool,
-                    check: VersionCheck) -> Prepared:
+def _bump_statement(
+    messages: bool, fields: tuple[str, ...], delete: bool, check: VersionCheck
+) -> Prepared:
     # Built once per shape: constructing a statement costs more than running it on SQLite.
     values: dict[str, Any] = {"version": C.c.version + 1, "updated_at": bindparam("p_now")}
     if messages:
@@ -127,7 +159,10 @@ async def insert_messages(conn: AsyncConnection, rows: Sequence[dict[str, Any]])
 
 
 async def messages(
-    conn: AsyncConnection, conversation_id: str, *, max_seq: int,
+    conn: AsyncConnection,
+    conversation_id: str,
+    *,
+    max_seq: int,
     after_version: int | None = None,
 ) -> list[StoredMessage]:
     """Messages up to ``max_seq`` (the head's count: PostgreSQL's READ COMMITTED may show an
@@ -146,7 +181,8 @@ async def page(
     stmt = select(*_HEAD).where(C.c.deleted_at.is_(None))
     if after is not None:
         created, cid = after
-        stmt = stmt.where(or_(C.c.created_at < created,
-                              and_(C.c.created_at == created, C.c.id < cid)))
+        stmt = stmt.where(
+            or_(C.c.created_at < created, and_(C.c.created_at == created, C.c.id < cid))
+        )
     stmt = stmt.order_by(C.c.created_at.desc(), C.c.id.desc()).limit(limit)
     return [_conversation(r) for r in (await conn.execute(stmt)).all()]

@@ -28,8 +28,12 @@ class Database:
         self.url = url
         self.store = store or StoreSettings()
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
-        self.engine = _create_engine(url, self.store) if self.is_sqlite else create_async_engine(
-            url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=10
+        self.engine = (
+            _create_engine(url, self.store)
+            if self.is_sqlite
+            else create_async_engine(
+                url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=10
+            )
         )
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
@@ -66,14 +70,16 @@ def _create_engine(url: str, store: StoreSettings) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(
-        url,
-        # A small pool: one writer at a time anyway, plus readers under WAL.
-        pool_size=8,
-        max_overflow=0,
-        connect_args={"timeout": store.sqlite_busy_timeout_ms / 1000},
-    ) if parsed.database not in (None, "", ":memory:") else create_async_engine(
-        url, poolclass=NullPool
+    engine = (
+        create_async_engine(
+            url,
+            # A small pool: one writer at a time anyway, plus readers under WAL.
+            pool_size=8,
+            max_overflow=0,
+            connect_args={"timeout": store.sqlite_busy_timeout_ms / 1000},
+        )
+        if parsed.database not in (None, "", ":memory:")
+        else create_async_engine(url, poolclass=NullPool)
     )
 
     @event.listens_for(engine.sync_engine, "connect")

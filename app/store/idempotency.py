@@ -138,8 +138,9 @@ class Idempotency:
 
     # -- (b) long effects outside the store --
 
-    async def begin(self, request: IdempotencyRequest, *, lease_s: float | None = None
-                    ) -> Claim | StoredResponse:
+    async def begin(
+        self, request: IdempotencyRequest, *, lease_s: float | None = None
+    ) -> Claim | StoredResponse:
         """Commit an ``in_progress`` claim, or return the stored response to replay.
 
         Raises ``IdempotencyKeyReused`` (422) for a different request under the same key and
@@ -151,21 +152,28 @@ class Idempotency:
         self._count(request, got)
         return got
 
-    async def complete(self, conn: AsyncConnection, claim: Claim,
-                       response: StoredResponse) -> None:
+    async def complete(self, conn: AsyncConnection, claim: Claim, response: StoredResponse) -> None:
         """Record the response in the caller's write transaction (commits with the effect).
 
         Raises ``IdempotencyInProgress`` if the claim was lost (its lease expired and another
         request took the key over); the caller's transaction then rolls back its effect.
         """
         req = claim.request
-        done = await repo.complete(conn, key=req.key, scope=req.scope, owner=claim.owner,
-                                   status_code=response.status_code, body=response.body,
-                                   headers=response.headers)
+        done = await repo.complete(
+            conn,
+            key=req.key,
+            scope=req.scope,
+            owner=claim.owner,
+            status_code=response.status_code,
+            body=response.body,
+            headers=response.headers,
+        )
         if not done:
             raise IdempotencyInProgress(
                 "Another request with this idempotency key took over after this one's lease "
-                "expired.", retry_after=1)
+                "expired.",
+                retry_after=1,
+            )
 
     async def abandon(self, claim: Claim) -> None:
         """Delete an uncompleted claim so the client can retry; a no-op once completed.
@@ -185,8 +193,9 @@ class Idempotency:
 
     # -- shared --
 
-    async def claim(self, conn: AsyncConnection, request: IdempotencyRequest, *,
-                    lease_s: float | None = None) -> Claim | StoredResponse:
+    async def claim(
+        self, conn: AsyncConnection, request: IdempotencyRequest, *, lease_s: float | None = None
+    ) -> Claim | StoredResponse:
         """Claim the key inside ``conn``'s transaction (committed when it commits)."""
         ttl = timedelta(seconds=self.settings.idempotency_ttl_s)
         lease = timedelta(seconds=lease_s or self.settings.idempotency_lease_s)
@@ -202,15 +211,18 @@ class Idempotency:
             stored = _decide(row, request, now)
             if stored is not None:
                 return stored
-            if await repo.take_over(conn, key=request.key, scope=request.scope,
-                                    previous_owner=row.owner, stamp=stamp):
+            if await repo.take_over(
+                conn, key=request.key, scope=request.scope, previous_owner=row.owner, stamp=stamp
+            ):
                 log.info("idempotency key taken over", extra={"route": request.route})
                 return Claim(request, owner)
-        raise IdempotencyInProgress("Another request with this idempotency key is running.",
-                                    retry_after=1)
+        raise IdempotencyInProgress(
+            "Another request with this idempotency key is running.", retry_after=1
+        )
 
-    async def peek(self, conn: AsyncConnection, request: IdempotencyRequest
-                   ) -> StoredResponse | None:
+    async def peek(
+        self, conn: AsyncConnection, request: IdempotencyRequest
+    ) -> StoredResponse | None:
         """What ``claim`` would answer, read-only and uncounted (for dry runs).
 
         Returns the response that would be replayed, or None when the request would run.
@@ -257,21 +269,23 @@ class Idempotency:
             await repo.release(conn, key=req.key, scope=req.scope, owner=claim.owner)
 
 
-def _decide(row: repo.KeyRow, request: IdempotencyRequest, now: datetime
-            ) -> StoredResponse | None:
+def _decide(row: repo.KeyRow, request: IdempotencyRequest, now: datetime) -> StoredResponse | None:
     """Replay (a StoredResponse), refuse (raise), or None: the row may be taken over."""
     if row.expires_at <= now:
         return None
     if row.fingerprint != request.fingerprint:
         raise IdempotencyKeyReused(
-            "This idempotency key was already used for a different request; use a new key.")
+            "This idempotency key was already used for a different request; use a new key."
+        )
     if row.state == repo.IN_PROGRESS:
         if row.lease_expires_at is not None and row.lease_expires_at > now:
             raise IdempotencyInProgress(
                 "A request with this idempotency key is still running; retry shortly.",
-                retry_after=1)
+                retry_after=1,
+            )
         return None
     if row.status_code is None or row.response_body is None:
         return None  # a completed row without a response cannot be replayed; run again
-    return StoredResponse(row.status_code, row.response_body, dict(row.response_headers or {}),
-                          replayed=True)
+    return StoredResponse(
+        row.status_code, row.response_body, dict(row.response_headers or {}), replayed=True
+    )

@@ -40,7 +40,8 @@ def parse_key(raw: str) -> str:
     if not _VISIBLE_ASCII.fullmatch(raw):
         raise BadRequest(
             f"{KEY_HEADER} must be 1 to 255 visible ASCII characters (no spaces).",
-            extra={"header": KEY_HEADER})
+            extra={"header": KEY_HEADER},
+        )
     return raw
 
 
@@ -56,16 +57,21 @@ def scope_of(method: str, route: str, caller: str) -> str:
     return scope if len(scope) <= 255 else "sha256:" + hashlib.sha256(scope.encode()).hexdigest()
 
 
-def request_fingerprint(method: str, path: str, query: str, body: bytes,
-                        if_match: str | None = None) -> str:
-    params = sorted((k, v) for k, v in parse_qsl(query, keep_blank_values=True)
-                    if k != "dry_run")
+def request_fingerprint(
+    method: str, path: str, query: str, body: bytes, if_match: str | None = None
+) -> str:
+    params = sorted((k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "dry_run")
     try:
         canonical_body = canonical_json(json.loads(body)) if body else b""
     except ValueError:  # not JSON (or NaN): the bytes themselves
         canonical_body = body
-    request = {"method": method.upper(), "path": path, "query": params, "if_match": if_match,
-               "body_sha256": hashlib.sha256(canonical_body).hexdigest()}
+    request = {
+        "method": method.upper(),
+        "path": path,
+        "query": params,
+        "if_match": if_match,
+        "body_sha256": hashlib.sha256(canonical_body).hexdigest(),
+    }
     return hashlib.sha256(canonical_json(request)).hexdigest()
 
 
@@ -80,8 +86,13 @@ async def idempotency_request(request: Request) -> IdempotencyRequest | None:
     return IdempotencyRequest(
         key=key,
         scope=scope_of(request.method, route, caller_of(request.headers.get("authorization"))),
-        fingerprint=request_fingerprint(request.method, request.url.path,
-                                        request.url.query, body, request.headers.get("if-match")),
+        fingerprint=request_fingerprint(
+            request.method,
+            request.url.path,
+            request.url.query,
+            body,
+            request.headers.get("if-match"),
+        ),
         route=route,
     )
 
@@ -95,11 +106,15 @@ IdempotencyKeyDep = Annotated[IdempotencyRequest | None, Depends(idempotency_req
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
 
 
-def json_stored(status_code: int, payload: Any, headers: dict[str, str] | None = None
-                ) -> StoredResponse:
+def json_stored(
+    status_code: int, payload: Any, headers: dict[str, str] | None = None
+) -> StoredResponse:
     """A JSON response ready to be stored under a key (and returned with ``to_response``)."""
-    body = b"" if payload is None else json.dumps(
-        payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    body = (
+        b""
+        if payload is None
+        else json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    )
     out = {"content-type": "application/json"} if payload is not None else {}
     out.update(headers or {})
     return StoredResponse(status_code, body, out)

@@ -46,32 +46,60 @@ class ClaimStamp:
     lease_expires_at: datetime
 
     def values(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "state": IN_PROGRESS, "owner": self.owner,
-                "status_code": None, "response_body": None, "response_headers": None,
-                "created_at": self.now, "expires_at": self.expires_at,
-                "lease_expires_at": self.lease_expires_at}
+        return {
+            "fingerprint": self.fingerprint,
+            "state": IN_PROGRESS,
+            "owner": self.owner,
+            "status_code": None,
+            "response_body": None,
+            "response_headers": None,
+            "created_at": self.now,
+            "expires_at": self.expires_at,
+            "lease_expires_at": self.lease_expires_at,
+        }
 
 
 _COLUMNS = [c.key for c in K.c]
 _INSERT = {
     # ON CONFLICT DO NOTHING: on PostgreSQL a concurrent uncommitted insert of the same key
     # makes this wait for that transaction, so a twin sees the outcome instead of racing it.
-    "sqlite": Prepared(sqlite.insert(K).on_conflict_do_nothing(
-        index_elements=[K.c.key, K.c.scope]), column_keys=_COLUMNS),
-    "postgresql": Prepared(postgresql.insert(K).on_conflict_do_nothing(
-        index_elements=[K.c.key, K.c.scope])),
+    "sqlite": Prepared(
+        sqlite.insert(K).on_conflict_do_nothing(index_elements=[K.c.key, K.c.scope]),
+        column_keys=_COLUMNS,
+    ),
+    "postgresql": Prepared(
+        postgresql.insert(K).on_conflict_do_nothing(index_elements=[K.c.key, K.c.scope])
+    ),
 }
-_ROW = (K.c.fingerprint, K.c.state, K.c.owner, K.c.status_code, K.c.response_body,
-        K.c.response_headers, K.c.expires_at, K.c.lease_expires_at)
-_GET = Prepared(select(*_ROW).where(K.c.key == bindparam("p_key"),
-                                    K.c.scope == bindparam("p_scope")), _ROW)
+_ROW = (
+    K.c.fingerprint,
+    K.c.state,
+    K.c.owner,
+    K.c.status_code,
+    K.c.response_body,
+    K.c.response_headers,
+    K.c.expires_at,
+    K.c.lease_expires_at,
+)
+_GET = Prepared(
+    select(*_ROW).where(K.c.key == bindparam("p_key"), K.c.scope == bindparam("p_scope")), _ROW
+)
 _COMPLETE = Prepared(
-    update(K).where(K.c.key == bindparam("p_key"), K.c.scope == bindparam("p_scope"),
-                    K.c.owner == bindparam("p_owner"), K.c.state == IN_PROGRESS)
-    .values(state=COMPLETED, status_code=bindparam("p_status", type_=K.c.status_code.type),
-            response_body=bindparam("p_body", type_=K.c.response_body.type),
-            response_headers=bindparam("p_headers", type_=K.c.response_headers.type),
-            lease_expires_at=None))
+    update(K)
+    .where(
+        K.c.key == bindparam("p_key"),
+        K.c.scope == bindparam("p_scope"),
+        K.c.owner == bindparam("p_owner"),
+        K.c.state == IN_PROGRESS,
+    )
+    .values(
+        state=COMPLETED,
+        status_code=bindparam("p_status", type_=K.c.status_code.type),
+        response_body=bindparam("p_body", type_=K.c.response_body.type),
+        response_headers=bindparam("p_headers", type_=K.c.response_headers.type),
+        lease_expires_at=None,
+    )
+)
 
 
 async def try_insert(conn: AsyncConnection, *, key: str, scope: str, stamp: ClaimStamp) -> bool:
@@ -86,8 +114,14 @@ async def get(conn: AsyncConnection, *, key: str, scope: str) -> KeyRow | None:
         return None
     fingerprint, state, owner, status, body, headers, expires_at, lease_expires_at = rows[0]
     return KeyRow(
-        fingerprint, state, owner, status, bytes(body) if body is not None else None, headers,
-        as_utc(expires_at), as_utc(lease_expires_at) if lease_expires_at is not None else None,
+        fingerprint,
+        state,
+        owner,
+        status,
+        bytes(body) if body is not None else None,
+        headers,
+        as_utc(expires_at),
+        as_utc(lease_expires_at) if lease_expires_at is not None else None,
     )
 
 
@@ -96,31 +130,53 @@ async def take_over(
 ) -> bool:
     """Replace an expired row or a stale in_progress claim, if nobody else did first."""
     result = await conn.execute(
-        update(K).where(K.c.key == key, K.c.scope == scope, K.c.owner == previous_owner)
-        .values(stamp.values()))
+        update(K)
+        .where(K.c.key == key, K.c.scope == scope, K.c.owner == previous_owner)
+        .values(stamp.values())
+    )
     return result.rowcount == 1
 
 
 async def complete(
-    conn: AsyncConnection, *, key: str, scope: str, owner: str, status_code: int, body: bytes,
+    conn: AsyncConnection,
+    *,
+    key: str,
+    scope: str,
+    owner: str,
+    status_code: int,
+    body: bytes,
     headers: dict[str, str],
 ) -> bool:
-    changed = await _COMPLETE.execute(conn, {
-        "p_key": key, "p_scope": scope, "p_owner": owner, "p_status": status_code,
-        "p_body": body, "p_headers": headers})
+    changed = await _COMPLETE.execute(
+        conn,
+        {
+            "p_key": key,
+            "p_scope": scope,
+            "p_owner": owner,
+            "p_status": status_code,
+            "p_body": body,
+            "p_headers": headers,
+        },
+    )
     return changed == 1
 
 
 async def release(conn: AsyncConnection, *, key: str, scope: str, owner: str) -> bool:
     result = await conn.execute(
-        delete(K).where(K.c.key == key, K.c.scope == scope, K.c.owner == owner,
-                        K.c.state == IN_PROGRESS))
+        delete(K).where(
+            K.c.key == key, K.c.scope == scope, K.c.owner == owner, K.c.state == IN_PROGRESS
+        )
+    )
     return result.rowcount == 1
 
 
 async def delete_expired(conn: AsyncConnection, *, now: datetime, limit: int) -> int:
     """Delete up to ``limit`` rows whose ``expires_at`` has passed (oldest first)."""
-    batch = (select(K.c.key, K.c.scope).where(K.c.expires_at <= now)
-             .order_by(K.c.expires_at).limit(limit))
+    batch = (
+        select(K.c.key, K.c.scope)
+        .where(K.c.expires_at <= now)
+        .order_by(K.c.expires_at)
+        .limit(limit)
+    )
     result = await conn.execute(delete(K).where(tuple_(K.c.key, K.c.scope).in_(batch)))
     return int(result.rowcount)

@@ -28,8 +28,12 @@ class Prepared:
     """A Core statement that runs on the driver connection on SQLite, through SQLAlchemy
     elsewhere. Rows come back as plain tuples in ``columns`` order either way."""
 
-    def __init__(self, stmt: Executable, columns: Sequence[ColumnElement[Any]] = (),
-                 column_keys: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        stmt: Executable,
+        columns: Sequence[ColumnElement[Any]] = (),
+        column_keys: Sequence[str] | None = None,
+    ) -> None:
         self.stmt = stmt
         self.columns = tuple(columns)
         self.column_keys = list(column_keys) if column_keys is not None else None
@@ -40,16 +44,19 @@ class Prepared:
         self._binds: tuple[Processor, ...] = ()
         self._results: tuple[Processor, ...] = ()
 
-    async def fetch(self, conn: AsyncConnection, values: Mapping[str, Any]
-                    ) -> list[tuple[Any, ...]]:
+    async def fetch(
+        self, conn: AsyncConnection, values: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
         """Execute and return every row."""
         if conn.dialect.name != "sqlite":
             return [tuple(r) for r in (await conn.execute(self.stmt, dict(values))).all()]
         params = self._params(conn, values)  # compiles on first use, so before self._sql
         # One round trip that also drains the statement, so COMMIT finds it reset.
         rows = await _driver(conn).execute_fetchall(self._sql, params)
-        return [tuple(v if p is None else p(v) for p, v in zip(self._results, row, strict=True))
-                for row in rows]
+        return [
+            tuple(v if p is None else p(v) for p, v in zip(self._results, row, strict=True))
+            for row in rows
+        ]
 
     async def execute(self, conn: AsyncConnection, values: Mapping[str, Any]) -> int:
         """Execute without rows; returns the number of rows changed."""
@@ -59,8 +66,7 @@ class Prepared:
         cursor = await _driver(conn).execute(self._sql, params)
         return int(cursor.rowcount)
 
-    async def execute_many(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]
-                           ) -> None:
+    async def execute_many(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
         if conn.dialect.name != "sqlite":
             await conn.execute(self.stmt, [dict(r) for r in rows])
             return
@@ -71,15 +77,15 @@ class Prepared:
         if self._dialect is not conn.dialect:
             self._compile(conn.dialect)
         out = []
-        for name, default, process in zip(self._names, self._defaults, self._binds,
-                                          strict=True):
+        for name, default, process in zip(self._names, self._defaults, self._binds, strict=True):
             value = values.get(name, default)
             out.append(value if process is None else process(value))
         return tuple(out)
 
     def _compile(self, dialect: Dialect) -> None:
         compiled = self.stmt.compile(  # type: ignore[attr-defined]
-            dialect=dialect, column_keys=self.column_keys)
+            dialect=dialect, column_keys=self.column_keys
+        )
         if "POSTCOMPILE" in compiled.string or compiled.positiontup is None:
             raise ValueError("fast-path statements take plain positional parameters only")
         binds = compiled.binds
@@ -87,10 +93,12 @@ class Prepared:
         self._names = tuple(compiled.positiontup)
         # Literals inside the statement (``version + 1``) are anonymous binds with a value.
         self._defaults = tuple(binds[n].effective_value for n in self._names)
-        self._binds = tuple(binds[n].type.dialect_impl(dialect).bind_processor(dialect)
-                            for n in self._names)
-        self._results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None)
-                              for c in self.columns)
+        self._binds = tuple(
+            binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in self._names
+        )
+        self._results = tuple(
+            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in self.columns
+        )
         self._dialect = dialect
 
 

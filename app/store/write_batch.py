@@ -98,7 +98,7 @@ class WriteBatcher:
                 results = await self._together(batch)
             except _JobFailed as failed:
                 await self._solo(batch[failed.index])
-                rest = batch[:failed.index] + batch[failed.index + 1:]
+                rest = batch[: failed.index] + batch[failed.index + 1 :]
                 for item in rest:
                     item.failed_batches += 1
                 self._queue.extendleft(reversed(rest))

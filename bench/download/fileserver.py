@@ -59,8 +59,9 @@ def make_handler(path: Path) -> type[BaseHTTPRequestHandler]:
             with path.open("rb") as f:
                 offset, left = start, end - start + 1
                 while left > 0:
-                    sent = os.sendfile(self.connection.fileno(), f.fileno(), offset,
-                                       min(left, 64 * 1024 * 1024))
+                    sent = os.sendfile(
+                        self.connection.fileno(), f.fileno(), offset, min(left, 64 * 1024 * 1024)
+                    )
                     if sent == 0:
                         break
                     offset += sent

@@ -118,11 +118,18 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--min-idle", type=float, default=0.9,
-                        help="wait until this share of CPU time is idle before each run "
-                             "(0 disables)")
-    parser.add_argument("--env", action="append", default=[],
-                        help="extra KEEL_* setting for the Keel process, NAME=VALUE")
+    parser.add_argument(
+        "--min-idle",
+        type=float,
+        default=0.9,
+        help="wait until this share of CPU time is idle before each run (0 disables)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        help="extra KEEL_* setting for the Keel process, NAME=VALUE",
+    )
     args = parser.parse_args()
     size = args.size_mib * 1024 * 1024
     work = Path(tempfile.mkdtemp(prefix="keel-bench-", dir=args.workdir))
@@ -132,23 +139,44 @@ def main() -> int:
         print(f"writing {args.size_mib} MiB of random bytes ...", flush=True)
         sha = make_file(src, size)
         port = free_port()
-        server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fileserver.py")),
-                                   str(src), "--port", str(port)], stdout=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("fileserver.py")),
+                str(src),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{port}/bench.bin"
         wait_http(f"http://127.0.0.1:{port}/")
         manifest = work / "bench.toml"
-        manifest.write_text(f'[[models]]\nid = "bench"\ncapability = "llm"\n[[models.files]]\n'
-                            f'name = "bench.bin"\nurl = "{url}"\nsha256 = "{sha}"\n'
-                            f"size = {size}\n")
+        manifest.write_text(
+            f'[[models]]\nid = "bench"\ncapability = "llm"\n[[models.files]]\n'
+            f'name = "bench.bin"\nurl = "{url}"\nsha256 = "{sha}"\n'
+            f"size = {size}\n"
+        )
         data_dir = work / "data"
         keel_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-        env.update({"KEEL_DATA_DIR": str(data_dir), "KEEL_MODELS_MANIFEST": str(manifest),
-                    "KEEL_PORT": str(keel_port), "KEEL_LOG_LEVEL": "WARNING",
-                    "KEEL_DOWNLOADS__FREE_SPACE_MARGIN_BYTES": "0"})
+        env.update(
+            {
+                "KEEL_DATA_DIR": str(data_dir),
+                "KEEL_MODELS_MANIFEST": str(manifest),
+                "KEEL_PORT": str(keel_port),
+                "KEEL_LOG_LEVEL": "WARNING",
+                "KEEL_DOWNLOADS__FREE_SPACE_MARGIN_BYTES": "0",
+            }
+        )
         env.update(dict(e.split("=", 1) for e in args.env))
-        keel = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        keel = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         keel_url = f"http://127.0.0.1:{keel_port}"
         wait_http(keel_url + "/healthz")
         out = work / "curl.bin"
@@ -163,22 +191,27 @@ def main() -> int:
             out.unlink()
             wait_idle(args.min_idle)
             results["curl+sha256sum"].append(
-                size / timed(f"curl -s -o {out} {url} && sha256sum {out}") / 1e6)
+                size / timed(f"curl -s -o {out} {url} && sha256sum {out}") / 1e6
+            )
             out.unlink()
             wait_idle(args.min_idle)
-            results["keel"].append(size / keel_once(keel_url, data_dir / "models" / "bench")
-                                   / 1e6)
-            print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1]:.0f} MB/s"
-                                                 for k, v in results.items()), flush=True)
+            results["keel"].append(size / keel_once(keel_url, data_dir / "models" / "bench") / 1e6)
+            print(
+                f"round {n + 1}: " + ", ".join(f"{k} {v[-1]:.0f} MB/s" for k, v in results.items()),
+                flush=True,
+            )
         med = {k: statistics.median(v) for k, v in results.items()}
         print()
         print(f"file: {args.size_mib} MiB over loopback, {args.rounds} rounds, median MB/s")
         for k, v in med.items():
             print(f"  {k:<16} {v:8.0f}   (min {min(results[k]):.0f}, max {max(results[k]):.0f})")
-        print(f"  keel / (curl + sha256sum) = {med['keel'] / med['curl+sha256sum']:.2f}x "
-              "(target >= 1.5x)")
-        print(f"  keel / curl               = {100 * med['keel'] / med['curl']:.0f}% "
-              "(target >= 60%)")
+        print(
+            f"  keel / (curl + sha256sum) = {med['keel'] / med['curl+sha256sum']:.2f}x "
+            "(target >= 1.5x)"
+        )
+        print(
+            f"  keel / curl               = {100 * med['keel'] / med['curl']:.0f}% (target >= 60%)"
+        )
         return 0
     finally:
         for proc in (keel, server):

@@ -47,10 +47,14 @@ def wrk(url: str, conc: int, seconds: float) -> dict[str, float]:
     script = Path(tempfile.mkdtemp()) / "post.lua"
     script.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = [[{BODY}]]\n")
+        f"wrk.body = [[{BODY}]]\n"
+    )
     out = subprocess.run(
         ["wrk", "-t1", f"-c{conc}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True).stdout
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
     def ms(label: str) -> float:
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -60,14 +64,22 @@ def wrk(url: str, conc: int, seconds: float) -> dict[str, float]:
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_ms": ms("50"), "p99_ms": ms("99"),
-            "errors": int(non2xx.group(1)) if non2xx else 0}
+    return {
+        "rps": rps,
+        "p50_ms": ms("50"),
+        "p99_ms": ms("99"),
+        "errors": int(non2xx.group(1)) if non2xx else 0,
+    }
 
 
 def pyload(url: str, conc: int, seconds: float) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.proxy_overhead.loadgen", url, str(conc), str(seconds), BODY],
-        capture_output=True, text=True, check=True, cwd=ROOT).stdout
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     return json.loads(out)  # type: ignore[no-any-return]
 
 
@@ -77,12 +89,15 @@ def main() -> None:
     ap.add_argument("--transports", default="httpx,aiohttp")
     args = ap.parse_args()
     load = wrk if shutil.which("wrk") else pyload
-    print(f"load generator: {'wrk' if load is wrk else 'python loadgen'}; "
-          f"{os.cpu_count()} cores; {args.seconds:.0f} s per case")
+    print(
+        f"load generator: {'wrk' if load is wrk else 'python loadgen'}; "
+        f"{os.cpu_count()} cores; {args.seconds:.0f} s per case"
+    )
 
     up_port = free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "bench.proxy_overhead.upstream",
-                                 str(up_port)], cwd=ROOT)
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "bench.proxy_overhead.upstream", str(up_port)], cwd=ROOT
+    )
     procs = [upstream]
     rows: list[tuple[str, int, dict[str, float]]] = []
     try:
@@ -96,12 +111,23 @@ def main() -> None:
                 f'log_level = "WARNING"\n[providers.up]\nkind = "openai"\n'
                 f'base_url = "http://127.0.0.1:{up_port}/v1"\nmodels = ["m"]\n'
                 f'max_concurrency = 256\nhttp_transport = "{transport}"\n'
-                f'[routes]\nbench = ["up/m"]\n')
+                f'[routes]\nbench = ["up/m"]\n'
+            )
             port = free_port()
-            env = {**os.environ, "KEEL_PORT": str(port), "KEEL_DATA_DIR": str(work / "data"),
-                   "KEEL_CONFIG": str(work / "keel.toml"), "PYTHONPATH": str(ROOT)}
-            keel = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=work, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env = {
+                **os.environ,
+                "KEEL_PORT": str(port),
+                "KEEL_DATA_DIR": str(work / "data"),
+                "KEEL_CONFIG": str(work / "keel.toml"),
+                "PYTHONPATH": str(ROOT),
+            }
+            keel = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve"],
+                cwd=work,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             procs.append(keel)
             wait_up(f"http://127.0.0.1:{port}/healthz")
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -114,12 +140,15 @@ def main() -> None:
         for p in procs:
             p.terminate()
     base = {c: r for name, c, r in rows if name == "direct"}
-    print(f"{'case':<16}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}"
-          f"{'errors':>8}")
+    print(
+        f"{'case':<16}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'errors':>8}"
+    )
     for name, conc, r in rows:
         added = r["p50_ms"] - base[conc]["p50_ms"]
-        print(f"{name:<16}{conc:>5}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-              f"{added:>9.2f}{r['errors']:>8.0f}")
+        print(
+            f"{name:<16}{conc:>5}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            f"{added:>9.2f}{r['errors']:>8.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -13,11 +13,20 @@ import time
 from urllib.parse import urlsplit
 
 
-async def worker(host: str, port: int, path: str, body: bytes, until: float,
-                 latencies: list[float], errors: list[int]) -> None:
+async def worker(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    until: float,
+    latencies: list[float],
+    errors: list[int],
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
-    request = (f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-               f"content-length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
     while time.perf_counter() < until:
         t0 = time.perf_counter()
         writer.write(request)
@@ -40,8 +49,20 @@ async def run(url: str, concurrency: int, seconds: float, body: bytes) -> dict[s
     errors: list[int] = []
     start = time.perf_counter()
     until = start + seconds
-    await asyncio.gather(*[worker(parts.hostname or "127.0.0.1", parts.port or 80, parts.path,
-                                  body, until, latencies, errors) for _ in range(concurrency)])
+    await asyncio.gather(
+        *[
+            worker(
+                parts.hostname or "127.0.0.1",
+                parts.port or 80,
+                parts.path,
+                body,
+                until,
+                latencies,
+                errors,
+            )
+            for _ in range(concurrency)
+        ]
+    )
     elapsed = time.perf_counter() - start
     latencies.sort()
     return {

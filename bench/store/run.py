@@ -49,10 +49,15 @@ class HttpConnection:
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
 
-    async def request(self, method: str, path: str, body: bytes = b"",
-                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
-                 "Content-Type: application/json", f"Content-Length: {len(body)}"]
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        lines = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+        ]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
@@ -78,11 +83,23 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
 @contextlib.contextmanager
 def keel_server(data_dir: Path, port: int, extra_env: dict[str, str]) -> Iterator[int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-    env.update({"KEEL_DATA_DIR": str(data_dir), "KEEL_PORT": str(port),
-                "KEEL_HOST": "127.0.0.1", "KEEL_LOG_FORMAT": "json", **extra_env})
+    env.update(
+        {
+            "KEEL_DATA_DIR": str(data_dir),
+            "KEEL_PORT": str(port),
+            "KEEL_HOST": "127.0.0.1",
+            "KEEL_LOG_FORMAT": "json",
+            **extra_env,
+        }
+    )
     log = (data_dir.parent / "keel.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -100,8 +117,14 @@ def keel_server(data_dir: Path, port: int, extra_env: dict[str, str]) -> Iterato
         log.close()
 
 
-async def http_bench(port: int, concurrency: int, seconds: float, warmup: float,
-                     idempotency: bool, server_pid: int | None = None) -> dict[str, float]:
+async def http_bench(
+    port: int,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    idempotency: bool,
+    server_pid: int | None = None,
+) -> dict[str, float]:
     conns = [HttpConnection("127.0.0.1", port) for _ in range(concurrency)]
     for c in conns:
         await c.open()
@@ -161,12 +184,16 @@ def sqlite_bench(path: Path, count: int, synchronous: str) -> dict[str, float]:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
-    db.execute("CREATE TABLE conversations (id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
-               "next_seq INTEGER NOT NULL, updated_at TEXT NOT NULL)")
-    db.execute("CREATE TABLE messages (id TEXT PRIMARY KEY, conversation_id TEXT NOT NULL "
-               "REFERENCES conversations(id), seq INTEGER NOT NULL, role TEXT NOT NULL, "
-               "content TEXT NOT NULL, checksum TEXT NOT NULL, version INTEGER NOT NULL, "
-               "created_at TEXT NOT NULL, UNIQUE (conversation_id, seq))")
+    db.execute(
+        "CREATE TABLE conversations (id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+        "next_seq INTEGER NOT NULL, updated_at TEXT NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE messages (id TEXT PRIMARY KEY, conversation_id TEXT NOT NULL "
+        "REFERENCES conversations(id), seq INTEGER NOT NULL, role TEXT NOT NULL, "
+        "content TEXT NOT NULL, checksum TEXT NOT NULL, version INTEGER NOT NULL, "
+        "created_at TEXT NOT NULL, UNIQUE (conversation_id, seq))"
+    )
     cid = str(uuid.uuid4())
     db.execute("INSERT INTO conversations VALUES (?, 1, 1, ?)", (cid, _now()))
     version, latencies = 1, []
@@ -177,13 +204,20 @@ def sqlite_bench(path: Path, count: int, synchronous: str) -> dict[str, float]:
         row = db.execute(
             "UPDATE conversations SET version = version + 1, next_seq = next_seq + 1, "
             "updated_at = ? WHERE id = ? AND version = ? RETURNING version, next_seq",
-            (_now(), cid, version)).fetchone()
+            (_now(), cid, version),
+        ).fetchone()
         version, seq = row[0], row[1] - 1
-        checksum = hashlib.sha256(json.dumps(
-            {"content": CONTENT, "conversation_id": cid, "role": "user", "seq": seq},
-            sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-        db.execute("INSERT INTO messages VALUES (?, ?, ?, 'user', ?, ?, ?, ?)",
-                   (str(uuid.uuid4()), cid, seq, CONTENT, checksum, version, _now()))
+        checksum = hashlib.sha256(
+            json.dumps(
+                {"content": CONTENT, "conversation_id": cid, "role": "user", "seq": seq},
+                sort_keys=True,
+                separators=(",", ":"),
+            ).encode()
+        ).hexdigest()
+        db.execute(
+            "INSERT INTO messages VALUES (?, ?, ?, 'user', ?, ?, ?, ?)",
+            (str(uuid.uuid4()), cid, seq, CONTENT, checksum, version, _now()),
+        )
         db.execute("COMMIT")
         latencies.append(time.perf_counter() - t0)
     duration = time.perf_counter() - started
@@ -200,36 +234,55 @@ def _summary(latencies: list[float], duration: float, errors: int) -> dict[str, 
     n = len(latencies)
     if n == 0:
         return {"count": 0, "per_s": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "errors": errors}
-    return {"count": n, "per_s": n / duration,
-            "p50_ms": statistics.median(latencies) * 1000,
-            "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000, "errors": errors}
+    return {
+        "count": n,
+        "per_s": n / duration,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000,
+        "errors": errors,
+    }
 
 
 def _line(name: str, r: dict[str, float]) -> str:
-    return (f"{name:<34} {r['per_s']:>9,.0f}/s   p50 {r['p50_ms']:6.2f} ms   "
-            f"p99 {r['p99_ms']:6.2f} ms   n={int(r['count'])} errors={int(r['errors'])}")
+    return (
+        f"{name:<34} {r['per_s']:>9,.0f}/s   p50 {r['p50_ms']:6.2f} ms   "
+        f"p99 {r['p99_ms']:6.2f} ms   n={int(r['count'])} errors={int(r['errors'])}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.store", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.store",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
-    p.add_argument("--idempotency-keys", action="store_true",
-                   help="send a fresh Idempotency-Key with every append")
+    p.add_argument(
+        "--idempotency-keys",
+        action="store_true",
+        help="send a fresh Idempotency-Key with every append",
+    )
     p.add_argument("--log-level", default="INFO", help="server KEEL_LOG_LEVEL (default INFO)")
     p.add_argument("--synchronous", default="NORMAL", choices=["NORMAL", "FULL"])
-    p.add_argument("--port", type=int, default=None,
-                   help="bench a Keel already serving on 127.0.0.1:PORT (HTTP figures only)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="bench a Keel already serving on 127.0.0.1:PORT (HTTP figures only)",
+    )
     args = p.parse_args(argv)
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
     if args.port:
-        http = asyncio.run(http_bench(args.port, args.concurrency, args.seconds, args.warmup,
-                                      args.idempotency_keys))
+        http = asyncio.run(
+            http_bench(
+                args.port, args.concurrency, args.seconds, args.warmup, args.idempotency_keys
+            )
+        )
         print(_line("HTTP append (running Keel)", http))
         return 0
     load_before = _loadavg()
@@ -239,22 +292,30 @@ def main(argv: list[str] | None = None) -> int:
         env = {"KEEL_LOG_LEVEL": args.log_level, "KEEL_STORE__SQLITE_SYNCHRONOUS": args.synchronous}
         port = _free_port()
         with keel_server(data, port, env) as pid:
-            http = asyncio.run(http_bench(port, args.concurrency, args.seconds, args.warmup,
-                                          args.idempotency_keys, pid))
+            http = asyncio.run(
+                http_bench(
+                    port, args.concurrency, args.seconds, args.warmup, args.idempotency_keys, pid
+                )
+            )
         raw = sqlite_bench(Path(tmp) / "raw.db", max(1000, int(http["count"])), args.synchronous)
-    print(f"cpus={os.cpu_count()} python={sys.version.split()[0]} "
-          f"sqlite={sqlite3.sqlite_version} synchronous={args.synchronous} "
-          f"concurrency={args.concurrency} seconds={args.seconds} "
-          f"idempotency_keys={args.idempotency_keys} log_level={args.log_level}")
+    print(
+        f"cpus={os.cpu_count()} python={sys.version.split()[0]} "
+        f"sqlite={sqlite3.sqlite_version} synchronous={args.synchronous} "
+        f"concurrency={args.concurrency} seconds={args.seconds} "
+        f"idempotency_keys={args.idempotency_keys} log_level={args.log_level}"
+    )
     print(_line("HTTP append (Keel, 1 worker)", http))
     print(_line("raw sqlite3 append (1 thread)", raw))
     if "main_thread_cpu_us" in http:
         main_us = http["main_thread_cpu_us"]
-        print(f"Keel CPU per append: event-loop thread {main_us:.0f} us, whole process "
-              f"{http['server_cpu_us']:.0f} us (one free core for the loop: "
-              f"~{1e6 / main_us:,.0f}/s)")
-    print(f"load average before/after (other processes share the CPUs): {load_before} / "
-          f"{_loadavg()}")
+        print(
+            f"Keel CPU per append: event-loop thread {main_us:.0f} us, whole process "
+            f"{http['server_cpu_us']:.0f} us (one free core for the loop: "
+            f"~{1e6 / main_us:,.0f}/s)"
+        )
+    print(
+        f"load average before/after (other processes share the CPUs): {load_before} / {_loadavg()}"
+    )
     return 0
 
 

@@ -38,10 +38,14 @@ def test_kill9_mid_download_resumes_after_restart(tmp_path: Path) -> None:
         manifest.write_text(
             '[[models]]\nid = "crash"\ncapability = "llm"\n[[models.files]]\n'
             f'name = "crash.bin"\nurl = "{url}"\n'
-            f'sha256 = "{hashlib.sha256(data).hexdigest()}"\nsize = {SIZE}\n')
-        env = {"KEEL_DATA_DIR": str(data_dir), "KEEL_MODELS_MANIFEST": str(manifest),
-               "KEEL_DOWNLOADS__WRITE_BATCH_BYTES": str(64 * 1024),
-               "KEEL_DOWNLOADS__FREE_SPACE_MARGIN_BYTES": "0"}
+            f'sha256 = "{hashlib.sha256(data).hexdigest()}"\nsize = {SIZE}\n'
+        )
+        env = {
+            "KEEL_DATA_DIR": str(data_dir),
+            "KEEL_MODELS_MANIFEST": str(manifest),
+            "KEEL_DOWNLOADS__WRITE_BATCH_BYTES": str(64 * 1024),
+            "KEEL_DOWNLOADS__FREE_SPACE_MARGIN_BYTES": "0",
+        }
         partial = data_dir / "models" / "crash" / "crash.bin.partial"
         final = partial.with_name("crash.bin")
 
@@ -50,8 +54,11 @@ def test_kill9_mid_download_resumes_after_restart(tmp_path: Path) -> None:
         try:
             resp = httpx.post(f"{keel.url}/v1/lifecycle/models/crash/download", timeout=10)
             assert resp.status_code == 202, resp.text
-            _wait(lambda: partial.exists() and partial.stat().st_size >= 512 * 1024, 10,
-                  "the partial never grew")
+            _wait(
+                lambda: partial.exists() and partial.stat().st_size >= 512 * 1024,
+                10,
+                "the partial never grew",
+            )
             keel.kill9()
         finally:
             keel.stop()
@@ -63,6 +70,7 @@ def test_kill9_mid_download_resumes_after_restart(tmp_path: Path) -> None:
 
         keel = KeelProcess(env, tmp_path).start()  # same data dir, and no new request
         try:
+
             def installed() -> bool:
                 view = httpx.get(f"{keel.url}/v1/lifecycle/models/crash", timeout=5).json()
                 assert view["state"] != "error", view

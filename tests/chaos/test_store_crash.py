@@ -19,8 +19,9 @@ KILL_AFTER_ACKS = 300
 KILL_AFTER_S = 4.0
 
 
-async def _hammer(url: str, cid: str, acked: dict[str, int], in_flight: set[str],
-                  stop: asyncio.Event) -> None:
+async def _hammer(
+    url: str, cid: str, acked: dict[str, int], in_flight: set[str], stop: asyncio.Event
+) -> None:
     limits = httpx.Limits(max_connections=WORKERS)
     async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as client:
 
@@ -32,8 +33,10 @@ async def _hammer(url: str, cid: str, acked: dict[str, int], in_flight: set[str]
                 in_flight.add(key)
                 try:
                     resp = await client.post(
-                        f"/v1/conversations/{cid}/messages", headers={"Idempotency-Key": key},
-                        json={"messages": [{"role": "user", "content": key}]})
+                        f"/v1/conversations/{cid}/messages",
+                        headers={"Idempotency-Key": key},
+                        json={"messages": [{"role": "user", "content": key}]},
+                    )
                 except httpx.HTTPError:
                     return  # the server died under us: this one stays in flight
                 assert resp.status_code == 201, resp.text
@@ -46,10 +49,15 @@ async def _hammer(url: str, cid: str, acked: dict[str, int], in_flight: set[str]
 @pytest.mark.slow
 @pytest.mark.chaos
 @pytest.mark.timeout(90)
-async def test_acknowledged_appends_survive_kill_9(tmp_path: Path, data_dir: Path,
-                                                   db_url: str) -> None:
-    env = {"KEEL_DATA_DIR": str(data_dir), "KEEL_DATABASE_URL": db_url,
-           "PYTHONPATH": str(ROOT), "KEEL_LOG_LEVEL": "WARNING"}
+async def test_acknowledged_appends_survive_kill_9(
+    tmp_path: Path, data_dir: Path, db_url: str
+) -> None:
+    env = {
+        "KEEL_DATA_DIR": str(data_dir),
+        "KEEL_DATABASE_URL": db_url,
+        "PYTHONPATH": str(ROOT),
+        "KEEL_LOG_LEVEL": "WARNING",
+    }
     server = KeelProcess(env, tmp_path).start()
     try:
         created = httpx.post(server.url + "/v1/conversations", json={"title": "crash"})
@@ -82,8 +90,10 @@ async def test_acknowledged_appends_survive_kill_9(tmp_path: Path, data_dir: Pat
             # applied now if it did not; either way exactly once.
             for key in sorted(in_flight):
                 retry = await client.post(
-                    f"/v1/conversations/{cid}/messages", headers={"Idempotency-Key": key},
-                    json={"messages": [{"role": "user", "content": key}]})
+                    f"/v1/conversations/{cid}/messages",
+                    headers={"Idempotency-Key": key},
+                    json={"messages": [{"role": "user", "content": key}]},
+                )
                 assert retry.status_code == 201, retry.text
             conv = (await client.get(f"/v1/conversations/{cid}")).json()
             contents = [m["content"] for m in conv["messages"]]

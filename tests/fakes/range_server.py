@@ -74,8 +74,7 @@ class RangeServer:
         self._stopping = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -85,8 +84,10 @@ class RangeServer:
 
     def add(self, name: str, data: bytes, etag: str | None = None) -> str:
         self.files[name] = ServedFile(
-            data, etag or f'"{hashlib.sha256(data).hexdigest()[:16]}"',
-            formatdate(time.time() - 3600, usegmt=True))
+            data,
+            etag or f'"{hashlib.sha256(data).hexdigest()[:16]}"',
+            formatdate(time.time() - 3600, usegmt=True),
+        )
         return f"{self.base_url}/{name}"
 
     def close_gate(self) -> None:
@@ -100,8 +101,11 @@ class RangeServer:
 
     def gets(self, name: str | None = None) -> list[Seen]:
         with self._lock:
-            return [r for r in self.requests
-                    if r.method == "GET" and (name is None or r.path == f"/{name}")]
+            return [
+                r
+                for r in self.requests
+                if r.method == "GET" and (name is None or r.path == f"/{name}")
+            ]
 
     def __enter__(self) -> RangeServer:
         self.thread.start()
@@ -123,8 +127,16 @@ class RangeServer:
     def _record(self, handler: BaseHTTPRequestHandler, status: int) -> None:
         h = handler.headers
         with self._lock:
-            self.requests.append(Seen(handler.command, handler.path, h.get("Range"),
-                                      h.get("If-Range"), h.get("Accept-Encoding"), status))
+            self.requests.append(
+                Seen(
+                    handler.command,
+                    handler.path,
+                    h.get("Range"),
+                    h.get("If-Range"),
+                    h.get("Accept-Encoding"),
+                    status,
+                )
+            )
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -151,7 +163,7 @@ class RangeServer:
         data = served.data
         offset = self.faults.corrupt.get(h.path.lstrip("/"))
         if offset is not None:
-            data = data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1:]
+            data = data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1 :]
         size = len(data)
         start, end, code = 0, size - 1, 200
         wanted, if_range = h.headers.get("Range"), h.headers.get("If-Range")
@@ -173,7 +185,7 @@ class RangeServer:
         if code == 206:
             h.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         h.end_headers()
-        self._send_body(h, data[start:end + 1])
+        self._send_body(h, data[start : end + 1])
 
     def _send_body(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
         drop = self._take(self.faults.drops)
@@ -196,7 +208,7 @@ class RangeServer:
                 for limit in (drop, stall):
                     if limit is not None:
                         n = min(n, max(1, limit - sent))
-                piece = body[sent:sent + n]
+                piece = body[sent : sent + n]
                 h.wfile.write(piece)
                 h.wfile.flush()
                 sent += len(piece)
@@ -207,8 +219,9 @@ class RangeServer:
         except (ConnectionError, OSError):
             h.close_connection = True
 
-    def _reply(self, h: BaseHTTPRequestHandler, status: int,
-               headers: dict[str, str] | None = None) -> None:
+    def _reply(
+        self, h: BaseHTTPRequestHandler, status: int, headers: dict[str, str] | None = None
+    ) -> None:
         self._record(h, status)
         h.send_response(status)
         for key, value in (headers or {}).items():

@@ -45,8 +45,15 @@ class ServerThread:
 
     def __init__(self, app: FastAPI, port: int | None = None) -> None:
         self.port = port or free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
-                                access_log=False, lifespan="on", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -73,8 +80,13 @@ class KeelProcess:
 
     def __init__(self, env: dict[str, str], cwd: Path, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.env = {**os.environ, **env, "KEEL_PORT": str(self.port), "KEEL_HOST": "127.0.0.1",
-                    "KEEL_LOG_FORMAT": "json"}
+        self.env = {
+            **os.environ,
+            **env,
+            "KEEL_PORT": str(self.port),
+            "KEEL_HOST": "127.0.0.1",
+            "KEEL_LOG_FORMAT": "json",
+        }
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = cwd / f"keel-{self.port}.log"
@@ -86,8 +98,11 @@ class KeelProcess:
     def start(self, wait: bool = True) -> KeelProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], cwd=self.cwd, env=self.env,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "app.cli", "serve"],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         if wait:

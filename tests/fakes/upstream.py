@@ -63,7 +63,8 @@ class FakeUpstream:
             loop = asyncio.new_event_loop()
             self._loop = loop
             self._server = loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=512))
+                asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=512)
+            )
             self.port = self._server.sockets[0].getsockname()[1]
             started.set()
             loop.run_forever()
@@ -111,16 +112,24 @@ class FakeUpstream:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _respond(self, req: tuple[str, str, dict[str, str], bytes],
-                       reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _respond(
+        self,
+        req: tuple[str, str, dict[str, str], bytes],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
         method, path, headers, raw = req
         body = json.loads(raw) if raw else None
         self.requests.append(Seen(time.monotonic(), path, headers, body))
         f = self.faults
         if path.endswith("/models") and method == "GET":
-            data = {"object": "list", "data": [
-                {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
-                for m in self.models]}
+            data = {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
+                    for m in self.models
+                ],
+            }
             await _send(writer, 200, json.dumps(data).encode())
             return True
         if f.reset_rate and self.rng.random() < f.reset_rate:
@@ -135,10 +144,14 @@ class FakeUpstream:
         elif f.down or (f.error_rate and self.rng.random() < f.error_rate):
             status = f.error_status
         if status != 200:
-            err = {"error": {"message": f"{MARKER} internal stack at /srv/upstream.py",
-                             "type": "server_error", "code": status}}
-            extra = ({"Retry-After": f.retry_after}
-                     if f.retry_after and status in (429, 503) else {})
+            err = {
+                "error": {
+                    "message": f"{MARKER} internal stack at /srv/upstream.py",
+                    "type": "server_error",
+                    "code": status,
+                }
+            }
+            extra = {"Retry-After": f.retry_after} if f.retry_after and status in (429, 503) else {}
             await _send(writer, status, json.dumps(err).encode(), extra)
             return True
         assert isinstance(body, dict)
@@ -146,21 +159,31 @@ class FakeUpstream:
             return await self._stream(body, reader, writer)
         content = _answer(body)
         payload = {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000,
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 1700000000,
             "model": body.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": "stop"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
         }
         await _send(writer, 200, json.dumps(payload).encode())
         self.completed += 1
         return True
 
-    async def _stream(self, body: dict[str, Any], reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> bool:
+    async def _stream(
+        self, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         f = self.faults
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                     b"transfer-encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
         words = _answer(body).split(" ")
         pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
         pieces = (pieces * f.chunks)[: max(f.chunks, 1)]
@@ -168,10 +191,13 @@ class FakeUpstream:
             if f.drop_after_chunks is not None and i >= f.drop_after_chunks:
                 writer.transport.abort()
                 return False
-            chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                     "created": 1700000000, "model": body.get("model"),
-                     "choices": [{"index": 0, "delta": {"content": piece},
-                                  "finish_reason": None}]}
+            chunk = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 1700000000,
+                "model": body.get("model"),
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+            }
             writer.write(_chunk(f"data: {json.dumps(chunk)}\n\n".encode()))
             try:
                 await writer.drain()
@@ -181,9 +207,13 @@ class FakeUpstream:
             if f.chunk_delay_s and await _client_gone_within(reader, f.chunk_delay_s):
                 self.disconnects.append(time.monotonic())
                 return False
-        final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
-                 "model": body.get("model"),
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        final = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": body.get("model"),
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
         writer.write(_chunk(f"data: {json.dumps(final)}\n\n".encode()))
         writer.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await writer.drain()
@@ -210,14 +240,26 @@ async def _client_gone_within(reader: asyncio.StreamReader, seconds: float) -> b
     return data == b""
 
 
-async def _send(writer: asyncio.StreamWriter, status: int, body: bytes,
-                headers: dict[str, str] | None = None) -> None:
-    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-              408: "Request Timeout", 429: "Too Many Requests", 500: "Internal Server Error",
-              502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}.get(
-        status, "Status")
-    head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json",
-            f"content-length: {len(body)}"]
+async def _send(
+    writer: asyncio.StreamWriter, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
+    reason = {
+        200: "OK",
+        400: "Bad Request",
+        401: "Unauthorized",
+        404: "Not Found",
+        408: "Request Timeout",
+        429: "Too Many Requests",
+        500: "Internal Server Error",
+        502: "Bad Gateway",
+        503: "Service Unavailable",
+        504: "Gateway Timeout",
+    }.get(status, "Status")
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+    ]
     head += [f"{k}: {v}" for k, v in (headers or {}).items()]
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
     await writer.drain()

@@ -133,8 +133,11 @@ async def test_restart_keeps_data(settings: Settings) -> None:
     async with asgi_client(create_app(settings)):
         db = Database(settings.effective_database_url, settings.store)
         async with db.write() as conn:
-            await conn.execute(settings_kv.insert().values(
-                key="probe", value={"n": 1}, updated_at=datetime.now(UTC)))
+            await conn.execute(
+                settings_kv.insert().values(
+                    key="probe", value={"n": 1}, updated_at=datetime.now(UTC)
+                )
+            )
         await db.dispose()
     async with asgi_client(create_app(settings)) as client:
         assert (await client.get("/readyz")).status_code == 200
@@ -145,8 +148,9 @@ async def test_restart_keeps_data(settings: Settings) -> None:
     assert row.value == {"n": 1}
 
 
-async def test_unmigrated_database_is_not_ready(make_settings: Callable[..., Settings],
-                                               db_url: str) -> None:
+async def test_unmigrated_database_is_not_ready(
+    make_settings: Callable[..., Settings], db_url: str
+) -> None:
     app = create_app(make_settings(database_url=db_url, auto_migrate=False))
     async with asgi_client(app) as client:
         resp = await client.get("/readyz")
@@ -156,8 +160,9 @@ async def test_unmigrated_database_is_not_ready(make_settings: Callable[..., Set
     # Once migrated (as a deploy step would), the same settings serve ready.
     async with asgi_client(create_app(make_settings(database_url=db_url))) as client:
         assert (await client.get("/readyz")).status_code == 200
-    async with asgi_client(create_app(make_settings(database_url=db_url, auto_migrate=False))
-                           ) as client:
+    async with asgi_client(
+        create_app(make_settings(database_url=db_url, auto_migrate=False))
+    ) as client:
         assert (await client.get("/readyz")).status_code == 200
 
 

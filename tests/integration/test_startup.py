@@ -17,8 +17,15 @@ from tests.fakes.servers import ROOT, KeelProcess
 
 def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env={**clean, **env},
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -26,12 +33,15 @@ def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[
     [
         ({"KEEL_PORT": "eighty"}, "KEEL_PORT"),
         ({"KEEL_HOST": "0.0.0.0"}, "KEEL_API_TOKEN"),
-        ({"KEEL_RESILIENCE__BREAKER__FAILURE_RATE": "1.5"},
-         "KEEL_RESILIENCE__BREAKER__FAILURE_RATE"),
+        (
+            {"KEEL_RESILIENCE__BREAKER__FAILURE_RATE": "1.5"},
+            "KEEL_RESILIENCE__BREAKER__FAILURE_RATE",
+        ),
     ],
 )
-def test_bad_settings_stop_startup_with_one_line(tmp_path: Path, env: dict[str, str],
-                                                 needle: str) -> None:
+def test_bad_settings_stop_startup_with_one_line(
+    tmp_path: Path, env: dict[str, str], needle: str
+) -> None:
     for args in (["-m", "app.cli", "serve"], ["-c", "import app.main"]):
         proc = _run(args, tmp_path, PYTHONPATH=str(ROOT), **env)
         assert proc.returncode != 0
@@ -45,8 +55,13 @@ def test_config_precedence_and_redaction(tmp_path: Path) -> None:
     (tmp_path / "keel.toml").write_text(
         'port = 9000\nlog_level = "DEBUG"\n[resilience.retry]\nmax_attempts = 5\n'
     )
-    proc = _run(["-m", "app.cli", "config"], tmp_path, PYTHONPATH=str(ROOT),
-                KEEL_PORT="9100", KEEL_API_TOKEN="super-secret-token-value-1234")
+    proc = _run(
+        ["-m", "app.cli", "config"],
+        tmp_path,
+        PYTHONPATH=str(ROOT),
+        KEEL_PORT="9100",
+        KEEL_API_TOKEN="super-secret-token-value-1234",
+    )
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads(proc.stdout)
     assert cfg["port"] == 9100  # env beats TOML
@@ -58,8 +73,10 @@ def test_config_precedence_and_redaction(tmp_path: Path) -> None:
 
 def test_keel_config_env_points_at_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "elsewhere.toml"
-    cfg.write_text('[providers.cloud]\nbase_url = "http://127.0.0.1:9/v1"\nmodels = ["small"]\n'
-                   '[routes]\nchat = ["cloud/small"]\n')
+    cfg.write_text(
+        '[providers.cloud]\nbase_url = "http://127.0.0.1:9/v1"\nmodels = ["small"]\n'
+        '[routes]\nchat = ["cloud/small"]\n'
+    )
     monkeypatch.setenv("KEEL_CONFIG", str(cfg))
     assert Settings().routes == {"chat": ["cloud/small"]}
 
@@ -88,8 +105,9 @@ async def test_keel_migrate_is_the_deploy_step(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=data, auto_migrate=False, log_format="text"))
     async with asgi_client(app) as client:
         assert (await client.get("/readyz")).status_code == 503
-    proc = _run(["-m", "app.cli", "migrate"], tmp_path, PYTHONPATH=str(ROOT),
-                KEEL_DATA_DIR=str(data))
+    proc = _run(
+        ["-m", "app.cli", "migrate"], tmp_path, PYTHONPATH=str(ROOT), KEEL_DATA_DIR=str(data)
+    )
     assert proc.returncode == 0, proc.stderr
     app = create_app(Settings(data_dir=data, auto_migrate=False, log_format="text"))
     async with asgi_client(app) as client:

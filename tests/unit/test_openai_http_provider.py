@@ -28,7 +28,8 @@ def _deadline() -> Deadline:
 @respx.mock
 async def test_success_relays_bytes_and_rewrites_model() -> None:
     route = respx.post(f"{BASE}/chat/completions").mock(
-        return_value=httpx.Response(200, content=b'{"id":"x"}'))
+        return_value=httpx.Response(200, content=b'{"id":"x"}')
+    )
     provider = _provider()
     done = await provider.complete({"model": "route", "messages": []}, "m", _deadline())
     assert done.body == b'{"id":"x"}'
@@ -38,14 +39,24 @@ async def test_success_relays_bytes_and_rewrites_model() -> None:
 
 @pytest.mark.parametrize(
     ("status", "retryable", "caller"),
-    [(400, False, True), (401, False, True), (404, False, True), (408, True, False),
-     (429, True, False), (500, True, False), (502, True, False), (503, True, False),
-     (504, True, False), (501, False, False)],
+    [
+        (400, False, True),
+        (401, False, True),
+        (404, False, True),
+        (408, True, False),
+        (429, True, False),
+        (500, True, False),
+        (502, True, False),
+        (503, True, False),
+        (504, True, False),
+        (501, False, False),
+    ],
 )
 @respx.mock
 async def test_status_mapping(status: int, retryable: bool, caller: bool) -> None:
     respx.post(f"{BASE}/chat/completions").mock(
-        return_value=httpx.Response(status, headers={"Retry-After": "7"}, json={"e": "x"}))
+        return_value=httpx.Response(status, headers={"Retry-After": "7"}, json={"e": "x"})
+    )
     provider = _provider()
     with pytest.raises(UpstreamFailure) as info:
         await provider.complete({"messages": []}, "m", _deadline())
@@ -58,8 +69,12 @@ async def test_status_mapping(status: int, retryable: bool, caller: bool) -> Non
 
 @pytest.mark.parametrize(
     ("exc", "reason"),
-    [(httpx.ConnectError("x"), "connect"), (httpx.ReadTimeout("x"), "timeout"),
-     (httpx.RemoteProtocolError("x"), "reset"), (httpx.ReadError("x"), "reset")],
+    [
+        (httpx.ConnectError("x"), "connect"),
+        (httpx.ReadTimeout("x"), "timeout"),
+        (httpx.RemoteProtocolError("x"), "reset"),
+        (httpx.ReadError("x"), "reset"),
+    ],
 )
 @respx.mock
 async def test_transport_errors_are_retryable_failures(exc: Exception, reason: str) -> None:
@@ -74,9 +89,13 @@ async def test_transport_errors_are_retryable_failures(exc: Exception, reason: s
 
 @respx.mock
 async def test_stream_without_done_is_a_committed_failure() -> None:
-    respx.post(f"{BASE}/chat/completions").mock(return_value=httpx.Response(
-        200, content=b'data: {"a":1}\n\ndata: {"a":2}\n\n',
-        headers={"content-type": "text/event-stream"}))
+    respx.post(f"{BASE}/chat/completions").mock(
+        return_value=httpx.Response(
+            200,
+            content=b'data: {"a":1}\n\ndata: {"a":2}\n\n',
+            headers={"content-type": "text/event-stream"},
+        )
+    )
     provider = _provider()
     stream = await provider.open_stream({"messages": []}, "m", _deadline())
     seen: list[bytes] = []

@@ -19,7 +19,8 @@ def test_env_example_lists_every_setting() -> None:
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     assert (ROOT / ".env.example").read_text() == gen.render(), (
-        "run: .venv/bin/python scripts/gen_env_example.py")
+        "run: .venv/bin/python scripts/gen_env_example.py"
+    )
 
 
 def test_bad_route_target_is_a_config_error() -> None:

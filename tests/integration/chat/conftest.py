@@ -48,13 +48,17 @@ def dead_url() -> str:
 
 @pytest.fixture
 def chat_settings(
-    make_settings: Callable[..., Settings], upstream: FakeUpstream,
+    make_settings: Callable[..., Settings],
+    upstream: FakeUpstream,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[..., Settings]:
     monkeypatch.setenv(API_KEY_ENV, API_KEY)
 
-    def make(providers: dict[str, Any] | None = None, routes: dict[str, list[str]] | None = None,
-             **overrides: Any) -> Settings:
+    def make(
+        providers: dict[str, Any] | None = None,
+        routes: dict[str, list[str]] | None = None,
+        **overrides: Any,
+    ) -> Settings:
         return make_settings(
             providers=providers or {"cloud": provider(upstream.base_url)},
             routes=routes or {"chat": ["cloud/small"]},

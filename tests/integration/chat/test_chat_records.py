@@ -11,12 +11,21 @@ from tests.integration.chat.conftest import chat_body
 
 def test_same_key_calls_the_upstream_once(keel: ServerThread, upstream: FakeUpstream) -> None:
     with httpx.Client(base_url=keel.url, timeout=10) as c:
-        first = c.post("/v1/chat/completions", json=chat_body("once"),
-                       headers={"Idempotency-Key": "chat-key-1"})
-        second = c.post("/v1/chat/completions", json=chat_body("once"),
-                        headers={"Idempotency-Key": "chat-key-1"})
-        reused = c.post("/v1/chat/completions", json=chat_body("other"),
-                        headers={"Idempotency-Key": "chat-key-1"})
+        first = c.post(
+            "/v1/chat/completions",
+            json=chat_body("once"),
+            headers={"Idempotency-Key": "chat-key-1"},
+        )
+        second = c.post(
+            "/v1/chat/completions",
+            json=chat_body("once"),
+            headers={"Idempotency-Key": "chat-key-1"},
+        )
+        reused = c.post(
+            "/v1/chat/completions",
+            json=chat_body("other"),
+            headers={"Idempotency-Key": "chat-key-1"},
+        )
     assert first.status_code == second.status_code == 200
     assert second.content == first.content
     assert second.headers["idempotent-replayed"] == "true"
@@ -69,11 +78,14 @@ def test_conversation_gets_both_turns_in_one_version(
         conv = c.get(f"/v1/conversations/{cid}").json()
         assert conv["version"] == before + 1
         assert [(m["role"], m["content"]) for m in conv["messages"]] == [
-            ("user", "remember me"), ("assistant", "echo: remember me")]
+            ("user", "remember me"),
+            ("assistant", "echo: remember me"),
+        ]
         assert "conversation_id" not in (upstream.requests[-1].body or {})
 
-        streamed = c.post("/v1/chat/completions",
-                          json=chat_body("and this", conversation_id=cid, stream=True))
+        streamed = c.post(
+            "/v1/chat/completions", json=chat_body("and this", conversation_id=cid, stream=True)
+        )
         assert streamed.text.rstrip().endswith("data: [DONE]")
         conv = c.get(f"/v1/conversations/{cid}").json()
         assert conv["version"] == before + 2
@@ -86,17 +98,21 @@ def test_failed_or_broken_turn_writes_nothing(keel: ServerThread, upstream: Fake
         cid = _conversation(c)
         version = c.get(f"/v1/conversations/{cid}").json()["version"]
         upstream.faults.statuses.append(400)
-        assert c.post("/v1/chat/completions",
-                      json=chat_body("x", conversation_id=cid)).status_code == 400
+        assert (
+            c.post("/v1/chat/completions", json=chat_body("x", conversation_id=cid)).status_code
+            == 400
+        )
         upstream.faults.drop_after_chunks = 1
         upstream.faults.chunks = 4
-        broken = c.post("/v1/chat/completions",
-                        json=chat_body("y", conversation_id=cid, stream=True))
+        broken = c.post(
+            "/v1/chat/completions", json=chat_body("y", conversation_id=cid, stream=True)
+        )
         assert "event: error" in broken.text
         conv = c.get(f"/v1/conversations/{cid}").json()
         assert conv["version"] == version
         assert conv["messages"] == []
-        missing = c.post("/v1/chat/completions",
-                         json=chat_body("z", conversation_id="no-such-conversation"))
+        missing = c.post(
+            "/v1/chat/completions", json=chat_body("z", conversation_id="no-such-conversation")
+        )
         assert missing.status_code == 404
     assert upstream.calls == 2  # the missing conversation was refused before any upstream call

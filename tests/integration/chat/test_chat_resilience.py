@@ -82,15 +82,15 @@ def test_429_retry_after_beyond_deadline_fails_at_once(
 
 
 def test_outage_opens_breaker_fails_fast_then_recovers(
-    chat_settings: Callable[..., Settings], serve: Callable[[Settings], ServerThread],
+    chat_settings: Callable[..., Settings],
+    serve: Callable[[Settings], ServerThread],
     upstream: FakeUpstream,
 ) -> None:
     cfg = provider(upstream.base_url, breaker={"min_calls": 5, "window_size": 10, "open_s": 0.5})
     keel = serve(chat_settings(providers={"cloud": cfg}))
     upstream.faults.down = True
     with httpx.Client(base_url=keel.url, timeout=10) as c:
-        statuses = [c.post("/v1/chat/completions", json=chat_body()).status_code
-                    for _ in range(5)]
+        statuses = [c.post("/v1/chat/completions", json=chat_body()).status_code for _ in range(5)]
         assert set(statuses) <= {502, 503}
         calls_during_outage = upstream.calls
         fast: list[float] = []
@@ -114,8 +114,11 @@ def test_outage_opens_breaker_fails_fast_then_recovers(
         resp = c.post("/v1/chat/completions", json=chat_body())
         assert resp.status_code == 200, resp.text
         assert c.get("/v1/diagnostics").json()["breakers"]["cloud"]["state"] == "closed"
-        transitions = [(t["from"], t["to"]) for t in c.get("/v1/diagnostics").json()[
-            "transitions"] if t["subject"] == "breaker:cloud"]
+        transitions = [
+            (t["from"], t["to"])
+            for t in c.get("/v1/diagnostics").json()["transitions"]
+            if t["subject"] == "breaker:cloud"
+        ]
         assert ("closed", "open") in transitions
         assert ("half_open", "closed") in transitions
         metrics = c.get("/metrics").text
@@ -123,7 +126,8 @@ def test_outage_opens_breaker_fails_fast_then_recovers(
 
 
 def test_dead_first_target_falls_back(
-    chat_settings: Callable[..., Settings], serve: Callable[[Settings], ServerThread],
+    chat_settings: Callable[..., Settings],
+    serve: Callable[[Settings], ServerThread],
     upstream: FakeUpstream,
 ) -> None:
     settings = chat_settings(
@@ -160,15 +164,17 @@ def test_bad_request_timeout_header_is_422(keel: ServerThread) -> None:
 
 
 async def test_overload_sheds_with_503(
-    chat_settings: Callable[..., Settings], serve: Callable[[Settings], ServerThread],
+    chat_settings: Callable[..., Settings],
+    serve: Callable[[Settings], ServerThread],
     upstream: FakeUpstream,
 ) -> None:
     cfg = provider(upstream.base_url, max_concurrency=2, max_queue_wait_s=0.2)
     keel = serve(chat_settings(providers={"cloud": cfg}))
     upstream.faults.latency_s = 1.0
     async with httpx.AsyncClient(base_url=keel.url, timeout=10) as c:
-        resps = await asyncio.gather(*[
-            c.post("/v1/chat/completions", json=chat_body()) for _ in range(6)])
+        resps = await asyncio.gather(
+            *[c.post("/v1/chat/completions", json=chat_body()) for _ in range(6)]
+        )
     codes = sorted(r.status_code for r in resps)
     assert codes.count(200) == 2, codes
     for r in resps:
@@ -197,9 +203,10 @@ async def test_client_leaving_a_stream_cancels_the_upstream(
 ) -> None:
     upstream.faults.chunks = 40
     upstream.faults.chunk_delay_s = 0.3
-    async with httpx.AsyncClient(base_url=keel.url, timeout=10) as c, c.stream(
-        "POST", "/v1/chat/completions", json=chat_body(stream=True)
-    ) as resp:
+    async with (
+        httpx.AsyncClient(base_url=keel.url, timeout=10) as c,
+        c.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as resp,
+    ):
         assert resp.status_code == 200
         async for line in resp.aiter_lines():
             if line.startswith("data:"):
@@ -213,9 +220,10 @@ async def test_client_leaving_a_stream_cancels_the_upstream(
 def test_mid_stream_drop_ends_with_error_event(keel: ServerThread, upstream: FakeUpstream) -> None:
     upstream.faults.chunks = 5
     upstream.faults.drop_after_chunks = 2
-    with httpx.Client(base_url=keel.url, timeout=10) as c, c.stream(
-        "POST", "/v1/chat/completions", json=chat_body(stream=True)
-    ) as resp:
+    with (
+        httpx.Client(base_url=keel.url, timeout=10) as c,
+        c.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as resp,
+    ):
         assert resp.status_code == 200
         text = resp.read().decode()
     events = [e for e in text.split("\n\n") if e.strip()]

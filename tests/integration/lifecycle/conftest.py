@@ -41,8 +41,14 @@ def sha256(data: bytes) -> str:
 class Harness:
     """Models served by the range server, the manifest listing them, apps to test with."""
 
-    def __init__(self, tmp_path: Path, data_dir: Path, db_url: str, server: RangeServer,
-                 make_settings: Callable[..., Settings]) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        data_dir: Path,
+        db_url: str,
+        server: RangeServer,
+        make_settings: Callable[..., Settings],
+    ) -> None:
         self.tmp_path = tmp_path
         self.data_dir = data_dir
         self.db_url = db_url
@@ -51,9 +57,17 @@ class Harness:
         self.entries: list[str] = []
         self.data: dict[str, bytes] = {}
 
-    def model(self, model_id: str, data: bytes, *, file: str | None = None,
-              capability: str = "llm", url: str | None = None, sha: str | None = None,
-              size: int | None = None) -> str:
+    def model(
+        self,
+        model_id: str,
+        data: bytes,
+        *,
+        file: str | None = None,
+        capability: str = "llm",
+        url: str | None = None,
+        sha: str | None = None,
+        size: int | None = None,
+    ) -> str:
         name = file or f"{model_id}.bin"
         if url is None:
             url = self.server.add(name, data)
@@ -61,7 +75,8 @@ class Harness:
         self.entries.append(
             f'[[models]]\nid = "{model_id}"\nname = "{model_id}"\ncapability = "{capability}"\n'
             f'engine = "test"\n[[models.files]]\nname = "{name}"\nurl = "{url}"\n'
-            f'sha256 = "{sha or sha256(data)}"\nsize = {size or len(data)}\n')
+            f'sha256 = "{sha or sha256(data)}"\nsize = {size or len(data)}\n'
+        )
         return name
 
     def manifest(self) -> Path:
@@ -70,12 +85,17 @@ class Harness:
         return path
 
     def settings(self, **downloads: Any) -> Settings:
-        return self._make_settings(database_url=self.db_url, models_manifest=str(self.manifest()),
-                                   downloads={**FAST_DOWNLOADS, **downloads})
+        return self._make_settings(
+            database_url=self.db_url,
+            models_manifest=str(self.manifest()),
+            downloads={**FAST_DOWNLOADS, **downloads},
+        )
 
     def app(self, settings: Settings | None = None, **inject: Any) -> FastAPI:
-        components = [LifecycleComponent(**inject) if isinstance(c, LifecycleComponent) else c
-                      for c in default_components()]
+        components = [
+            LifecycleComponent(**inject) if isinstance(c, LifecycleComponent) else c
+            for c in default_components()
+        ]
         return create_app(settings or self.settings(), components)
 
     def final(self, model_id: str, name: str | None = None) -> Path:
@@ -83,8 +103,11 @@ class Harness:
 
     def leftovers(self, model_id: str) -> list[str]:
         folder = self.data_dir / "models" / model_id
-        return sorted(p.name for p in folder.iterdir() if ".partial" in p.name) \
-            if folder.exists() else []
+        return (
+            sorted(p.name for p in folder.iterdir() if ".partial" in p.name)
+            if folder.exists()
+            else []
+        )
 
 
 @pytest.fixture
@@ -94,13 +117,19 @@ def range_server() -> Iterator[RangeServer]:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, data_dir: Path, db_url: str, range_server: RangeServer,
-            make_settings: Callable[..., Settings]) -> Harness:
+def harness(
+    tmp_path: Path,
+    data_dir: Path,
+    db_url: str,
+    range_server: RangeServer,
+    make_settings: Callable[..., Settings],
+) -> Harness:
     return Harness(tmp_path, data_dir, db_url, range_server, make_settings)
 
 
-async def wait_state(client: httpx.AsyncClient, model_id: str, states: set[str],
-                     timeout: float = 15.0) -> dict[str, Any]:
+async def wait_state(
+    client: httpx.AsyncClient, model_id: str, states: set[str], timeout: float = 15.0
+) -> dict[str, Any]:
     """Poll the model until it reaches one of ``states``."""
     async with asyncio.timeout(timeout):
         while True:

@@ -65,15 +65,18 @@ async def test_import_uses_the_persisted_storage_root(harness: Harness, tmp_path
     settings = harness.settings()
     custom = tmp_path / "elsewhere"
     async with asgi_client(harness.app(settings)) as client:
-        resp = await client.put("/v1/lifecycle/storage",
-                                json={"root": str(custom), "create": True})
+        resp = await client.put("/v1/lifecycle/storage", json={"root": str(custom), "create": True})
         assert resp.status_code == 200
     [installed] = await _in_thread(import_model, settings, "tiny", _source(tmp_path, data))
     assert installed == (custom / "tiny" / "tiny.bin").resolve()
 
 
-def test_import_command(harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_command(
+    harness: Harness,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     data = payload(SIZE)
     harness.model("tiny", data)
     monkeypatch.setenv("KEEL_DATA_DIR", str(harness.data_dir))
@@ -92,9 +95,12 @@ async def test_pull_shows_progress_until_ready(harness: Harness) -> None:
     harness.model("one", payload(SIZE, 1))
     harness.model("two", payload(SIZE, 2))
     out = io.StringIO()
-    settings = harness._make_settings(database_url=harness.db_url, api_token=TOKEN,
-                                      models_manifest=str(harness.manifest()),
-                                      downloads={"base_delay_s": 0, "max_delay_s": 0})
+    settings = harness._make_settings(
+        database_url=harness.db_url,
+        api_token=TOKEN,
+        models_manifest=str(harness.manifest()),
+        downloads={"base_delay_s": 0, "max_delay_s": 0},
+    )
     with ServerThread(harness.app(settings)) as server:
         assert await pull(server.url, {}, ["one"], out=io.StringIO()) == 1  # no token
         auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -115,12 +121,13 @@ async def test_pull_reports_a_failed_download(harness: Harness) -> None:
     assert "checksum_mismatch" in out.getvalue()
 
 
-def test_pull_command_reads_host_port_and_token(harness: Harness,
-                                                monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_pull_command_reads_host_port_and_token(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     harness.model("tiny", payload(SIZE))
-    settings = harness._make_settings(database_url=harness.db_url, api_token=TOKEN,
-                                      models_manifest=str(harness.manifest()))
+    settings = harness._make_settings(
+        database_url=harness.db_url, api_token=TOKEN, models_manifest=str(harness.manifest())
+    )
     with ServerThread(harness.app(settings)) as server:
         monkeypatch.setenv("KEEL_PORT", str(server.port))
         monkeypatch.setenv("KEEL_API_TOKEN", TOKEN)

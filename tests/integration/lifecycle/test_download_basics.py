@@ -25,10 +25,14 @@ async def test_clean_download_installs_verified_file(harness: Harness) -> None:
         assert view["progress"] == {"bytes": SIZE, "total": SIZE, "percent": 100.0}
         done = (await client.get(f"/v1/lifecycle/downloads/{job['id']}")).json()
         metrics = (await client.get("/metrics")).text
-        timeline = [(t.subject, t.from_state, t.to_state)
-                    for t in running.manager._state["timeline"].last()]
-    assert timeline == [("download:tiny", "none", "queued"), ("download:tiny", "queued", "running"),
-                        ("download:tiny", "running", "succeeded")]
+        timeline = [
+            (t.subject, t.from_state, t.to_state) for t in running.manager._state["timeline"].last()
+        ]
+    assert timeline == [
+        ("download:tiny", "none", "queued"),
+        ("download:tiny", "queued", "running"),
+        ("download:tiny", "running", "succeeded"),
+    ]
     assert done["state"] == "succeeded"
     assert sha256(harness.final("tiny").read_bytes()) == sha256(data)
     assert harness.leftovers("tiny") == []
@@ -79,20 +83,26 @@ async def test_server_ignoring_range_restarts_from_zero(harness: Harness) -> Non
     assert harness.leftovers("tiny") == []
 
 
-def _seed_partial(harness: Harness, model_id: str, name: str, data: bytes,
-                  content: bytes) -> None:
+def _seed_partial(harness: Harness, model_id: str, name: str, data: bytes, content: bytes) -> None:
     folder = harness.final(model_id, name).parent
     folder.mkdir(parents=True)
     (folder / f"{name}.partial").write_bytes(content)
     served = harness.server.files[name]
-    (folder / f"{name}.partial.json").write_text(json.dumps({
-        "url": f"{harness.server.base_url}/{name}", "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data), "etag": served.etag, "last_modified": served.last_modified,
-        "bytes": len(content)}))
+    (folder / f"{name}.partial.json").write_text(
+        json.dumps(
+            {
+                "url": f"{harness.server.base_url}/{name}",
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "etag": served.etag,
+                "last_modified": served.last_modified,
+                "bytes": len(content),
+            }
+        )
+    )
 
 
-async def test_complete_partial_answered_416_is_verified_without_refetch(
-        harness: Harness) -> None:
+async def test_complete_partial_answered_416_is_verified_without_refetch(harness: Harness) -> None:
     data = payload(SIZE, seed=3)
     name = harness.model("tiny", data)
     _seed_partial(harness, "tiny", name, data, data)

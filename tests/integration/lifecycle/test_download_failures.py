@@ -15,8 +15,9 @@ from tests.integration.test_foundation import assert_problem
 SIZE = 200_000
 
 
-async def _download(harness: Harness, model_id: str = "tiny", **settings: Any
-                    ) -> tuple[dict[str, Any], str]:
+async def _download(
+    harness: Harness, model_id: str = "tiny", **settings: Any
+) -> tuple[dict[str, Any], str]:
     async with asgi_client(harness.app(harness.settings(**settings))) as client:
         resp = await client.post(f"/v1/lifecycle/models/{model_id}/download")
         assert resp.status_code == 202, resp.text
@@ -52,8 +53,11 @@ async def test_http_retries_are_bounded(harness: Harness) -> None:
     harness.server.faults.statuses = [503, 429, 502, 200]
     view, _ = await _download(harness)  # retries=2: three attempts, all failing
     assert view["state"] == "error"
-    assert view["error"] == {"code": "download_failed", "retryable": True,
-                             "message": view["error"]["message"]}
+    assert view["error"] == {
+        "code": "download_failed",
+        "retryable": True,
+        "message": view["error"]["message"],
+    }
     assert [r.status for r in harness.server.gets()] == [503, 429, 502]
 
 
@@ -115,8 +119,9 @@ async def test_retry_after_is_honoured_up_to_max_delay(harness: Harness) -> None
     assert slept == [7.0]
 
 
-async def test_disk_full_while_writing_is_final(harness: Harness,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_disk_full_while_writing_is_final(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     harness.model("tiny", payload(SIZE))
 
     def full(fd: int, data: bytes | memoryview) -> None:

@@ -33,7 +33,8 @@ async def test_concurrent_requests_join_one_upstream_stream(harness: Harness) ->
     async with asgi_client(harness.app()) as client:
         first, second = await asyncio.gather(
             client.post("/v1/lifecycle/models/tiny/download"),
-            client.post("/v1/lifecycle/downloads", json={"models": ["tiny"]}))
+            client.post("/v1/lifecycle/downloads", json={"models": ["tiny"]}),
+        )
         third = await client.post("/v1/lifecycle/models/tiny/download")
         assert first.status_code == second.status_code == third.status_code == 202
         job_id = first.json()["job"]["id"]
@@ -64,8 +65,7 @@ async def test_concurrent_downloads_are_bounded(harness: Harness) -> None:
         assert len(harness.server.gets()) == 1
         harness.server.open_gate()
         for model in ("one", "two"):
-            assert (await wait_state(client, model, {"installed", "error"}))["state"] == \
-                "installed"
+            assert (await wait_state(client, model, {"installed", "error"}))["state"] == "installed"
     assert len(harness.server.gets()) == 2
 
 
@@ -128,8 +128,11 @@ async def test_shutdown_keeps_partial_and_restart_resumes_by_itself(harness: Har
     async with asgi_client(harness.app(settings)) as client:  # no new request
         view = await wait_state(client, "tiny", {"installed", "error"})
         assert view["state"] == "installed", view
-        transitions = [t for t in (await client.get("/metrics")).text.splitlines()
-                       if t.startswith("keel_download_resumes_total")]
+        transitions = [
+            t
+            for t in (await client.get("/metrics")).text.splitlines()
+            if t.startswith("keel_download_resumes_total")
+        ]
     last = harness.server.gets()[-1]
     assert last.range == f"bytes={kept}-"
     assert last.status == 206
@@ -163,12 +166,16 @@ async def test_dry_run_plans_and_changes_nothing(harness: Harness) -> None:
     folder.mkdir(parents=True)
     (folder / "tiny.bin.partial").write_bytes(b"\0" * 1000)
     (folder / "tiny.bin.partial.json").write_text("{}")  # no matching sidecar: refetch all
-    before = sorted(p.relative_to(harness.data_dir) for p in harness.data_dir.rglob("*")
-                    if "keel.db" not in p.name)
+    before = sorted(
+        p.relative_to(harness.data_dir)
+        for p in harness.data_dir.rglob("*")
+        if "keel.db" not in p.name
+    )
     app = harness.app(free_space=lambda path: 10**9)
     async with asgi_client(app) as client:
-        resp = await client.post("/v1/lifecycle/downloads",
-                                 json={"models": ["tiny", "other"], "dry_run": True})
+        resp = await client.post(
+            "/v1/lifecycle/downloads", json={"models": ["tiny", "other"], "dry_run": True}
+        )
         single = await client.post("/v1/lifecycle/models/tiny/download?dry_run=true")
         metrics = (await client.get("/metrics")).text
     assert resp.status_code == 200, resp.text
@@ -181,8 +188,11 @@ async def test_dry_run_plans_and_changes_nothing(harness: Harness) -> None:
     assert tiny["files"][0]["partial_bytes"] == 1000
     assert single.status_code == 200
     assert single.json()["dry_run"] is True
-    after = sorted(p.relative_to(harness.data_dir) for p in harness.data_dir.rglob("*")
-                   if "keel.db" not in p.name)
+    after = sorted(
+        p.relative_to(harness.data_dir)
+        for p in harness.data_dir.rglob("*")
+        if "keel.db" not in p.name
+    )
     assert after == before
     assert harness.server.requests == []
     assert await _job_rows(harness) == []
@@ -200,8 +210,7 @@ async def test_file_urls_download_like_http(harness: Harness) -> None:
     harness.model("local", data, url=f"file://{str(source).replace(' ', '%20')}")
     async with asgi_client(harness.app()) as client:
         await client.post("/v1/lifecycle/models/local/download")
-        assert (await wait_state(client, "local", {"installed", "error"}))["state"] == \
-            "installed"
+        assert (await wait_state(client, "local", {"installed", "error"}))["state"] == "installed"
     assert harness.final("local").read_bytes() == data
     assert harness.server.requests == []
 
@@ -222,10 +231,12 @@ async def test_idempotency_key_replays_the_first_answer(harness: Harness) -> Non
         assert other.status_code == 422
         assert other.json()["code"] == "idempotency_key_reused"
         bundle = {"Idempotency-Key": "bundle-1"}
-        b1 = await client.post("/v1/lifecycle/downloads", json={"models": ["other"]},
-                               headers=bundle)
-        b2 = await client.post("/v1/lifecycle/downloads", json={"models": ["other"]},
-                               headers=bundle)
+        b1 = await client.post(
+            "/v1/lifecycle/downloads", json={"models": ["other"]}, headers=bundle
+        )
+        b2 = await client.post(
+            "/v1/lifecycle/downloads", json={"models": ["other"]}, headers=bundle
+        )
         assert b1.status_code == b2.status_code == 202
         assert b2.json() == b1.json()
         assert b2.headers["idempotent-replayed"] == "true"

@@ -19,8 +19,9 @@ from tests.integration.test_foundation import assert_problem
 SIZE = 400_000
 
 
-async def _events(client: httpx.AsyncClient, model_id: str, out: list[dict[str, Any]],
-                  first: Any = None) -> None:
+async def _events(
+    client: httpx.AsyncClient, model_id: str, out: list[dict[str, Any]], first: Any = None
+) -> None:
     async with client.stream("GET", f"/v1/lifecycle/models/{model_id}/events") as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
@@ -97,33 +98,44 @@ async def test_slow_progress_reader_does_not_stall_the_download(harness: Harness
     assert sub.dropped > 0
 
 
-@pytest.mark.parametrize("bad", ["..", "..%2F..%2Fetc", "%2Fetc%2Fpasswd", "UPPER", "a" * 65,
-                                 ".hidden", "x%00y"])
+@pytest.mark.parametrize(
+    "bad", ["..", "..%2F..%2Fetc", "%2Fetc%2Fpasswd", "UPPER", "a" * 65, ".hidden", "x%00y"]
+)
 async def test_unsafe_model_ids_are_rejected(harness: Harness, bad: str) -> None:
     harness.model("tiny", payload(1000))
     async with asgi_client(harness.app()) as client:
         resp = await client.post(f"/v1/lifecycle/models/{bad}/download")
         assert resp.status_code in (404, 422), resp.text
         assert resp.headers["content-type"] == "application/problem+json"
-        bundle = await client.post("/v1/lifecycle/downloads",
-                                   json={"models": [bad.replace("%2F", "/")]})
+        bundle = await client.post(
+            "/v1/lifecycle/downloads", json={"models": [bad.replace("%2F", "/")]}
+        )
         assert bundle.status_code == 422 or bundle.json()["code"] == "model_not_found"
     assert harness.server.requests == []
     assert sorted(p.name for p in (harness.data_dir / "models").iterdir()) == []
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("id", "../escape"), ("id", "/abs"), ("id", "a/b"),
-    ("name", "../escape.bin"), ("name", "/etc/passwd"), ("name", "dir/file.bin"),
-    ("name", "x.bin.partial"),
-])
-async def test_unsafe_manifest_names_stop_startup(harness: Harness, field: str,
-                                                  value: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("id", "../escape"),
+        ("id", "/abs"),
+        ("id", "a/b"),
+        ("name", "../escape.bin"),
+        ("name", "/etc/passwd"),
+        ("name", "dir/file.bin"),
+        ("name", "x.bin.partial"),
+    ],
+)
+async def test_unsafe_manifest_names_stop_startup(harness: Harness, field: str, value: str) -> None:
     harness.model("tiny", payload(1000))
     path = harness.manifest()
     text = path.read_text()
-    text = text.replace('id = "tiny"', f'id = "{value}"') if field == "id" else \
-        text.replace('name = "tiny.bin"', f'name = "{value}"')
+    text = (
+        text.replace('id = "tiny"', f'id = "{value}"')
+        if field == "id"
+        else text.replace('name = "tiny.bin"', f'name = "{value}"')
+    )
     path.write_text(text)
     settings = harness._make_settings(database_url=harness.db_url, models_manifest=str(path))
     with pytest.raises(ManifestError, match=f"models\\[0\\].*{field}"):
@@ -136,8 +148,9 @@ def _first_error_field(body: dict[str, Any]) -> str:
     return field
 
 
-async def test_storage_roots_validate_persist_and_route_downloads(harness: Harness,
-                                                                   tmp_path: Path) -> None:
+async def test_storage_roots_validate_persist_and_route_downloads(
+    harness: Harness, tmp_path: Path
+) -> None:
     harness.model("tiny", payload(1000))
     settings = harness.settings()
     custom = tmp_path / "llm-models"
@@ -148,33 +161,47 @@ async def test_storage_roots_validate_persist_and_route_downloads(harness: Harne
         assert {r["capability"] for r in got["effective"]} == {"llm", "embedding", "stt", "tts"}
         assert all(r["free_bytes"] > 0 for r in got["effective"])
 
-        body = assert_problem(await client.put("/v1/lifecycle/storage", json={
-            "root": "relative/dir"}), 422, "validation_error")
+        body = assert_problem(
+            await client.put("/v1/lifecycle/storage", json={"root": "relative/dir"}),
+            422,
+            "validation_error",
+        )
         assert _first_error_field(body) == "root"
-        body = assert_problem(await client.put("/v1/lifecycle/storage", json={
-            "overrides": {"llm": str(custom)}}), 422, "validation_error")
+        body = assert_problem(
+            await client.put("/v1/lifecycle/storage", json={"overrides": {"llm": str(custom)}}),
+            422,
+            "validation_error",
+        )
         assert _first_error_field(body) == "overrides.llm"
         assert "create" in str(body["detail"])
         assert str(custom) not in str(body)  # problems never echo paths
-        assert_problem(await client.put("/v1/lifecycle/storage", json={
-            "root": "/proc"}), 422, "validation_error")  # exists, not writable (even by root)
-        assert_problem(await client.put("/v1/lifecycle/storage", json={
-            "overrides": {"video": str(custom)}}), 422, "validation_error")
-        dry = await client.put("/v1/lifecycle/storage?dry_run=true", json={
-            "overrides": {"llm": str(custom)}, "create": True})
+        assert_problem(
+            await client.put("/v1/lifecycle/storage", json={"root": "/proc"}),
+            422,
+            "validation_error",
+        )  # exists, not writable (even by root)
+        assert_problem(
+            await client.put("/v1/lifecycle/storage", json={"overrides": {"video": str(custom)}}),
+            422,
+            "validation_error",
+        )
+        dry = await client.put(
+            "/v1/lifecycle/storage?dry_run=true",
+            json={"overrides": {"llm": str(custom)}, "create": True},
+        )
         assert dry.status_code == 200
         assert not custom.exists()
 
-        ok = await client.put("/v1/lifecycle/storage", json={
-            "overrides": {"llm": str(custom)}, "create": True})
+        ok = await client.put(
+            "/v1/lifecycle/storage", json={"overrides": {"llm": str(custom)}, "create": True}
+        )
         assert ok.status_code == 200, ok.text
         assert custom.is_dir()
     async with asgi_client(harness.app(settings)) as client:  # persisted across a restart
         got = (await client.get("/v1/lifecycle/storage")).json()
         assert got["overrides"] == {"llm": str(custom)}
         await client.post("/v1/lifecycle/models/tiny/download")
-        assert (await wait_state(client, "tiny", {"installed", "error"}))["state"] == \
-            "installed"
+        assert (await wait_state(client, "tiny", {"installed", "error"}))["state"] == "installed"
     assert (custom / "tiny" / "tiny.bin").read_bytes() == harness.data["tiny"]
     assert not harness.final("tiny").exists()
 
@@ -182,8 +209,9 @@ async def test_storage_roots_validate_persist_and_route_downloads(harness: Harne
 async def test_verify_detects_a_flipped_byte_and_removes_the_file(harness: Harness) -> None:
     harness.model("tiny", payload(SIZE))
     async with asgi_client(harness.app()) as client:
-        assert_problem(await client.post("/v1/lifecycle/models/tiny/verify"), 409,
-                       "model_not_ready")
+        assert_problem(
+            await client.post("/v1/lifecycle/models/tiny/verify"), 409, "model_not_ready"
+        )
         await client.post("/v1/lifecycle/models/tiny/download")
         await wait_state(client, "tiny", {"installed"})
         ok = await client.post("/v1/lifecycle/models/tiny/verify")

@@ -41,11 +41,16 @@ async def create_conversation(client: httpx.AsyncClient, **body: Any) -> dict[st
     return data
 
 
-async def append(client: httpx.AsyncClient, cid: str, *contents: str, role: str = "user",
-                 headers: dict[str, str] | None = None, **extra: Any) -> httpx.Response:
+async def append(
+    client: httpx.AsyncClient,
+    cid: str,
+    *contents: str,
+    role: str = "user",
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> httpx.Response:
     body = {"messages": [{"role": role, "content": c} for c in contents], **extra}
-    return await client.post(f"/v1/conversations/{cid}/messages", json=body,
-                             headers=headers or {})
+    return await client.post(f"/v1/conversations/{cid}/messages", json=body, headers=headers or {})
 
 
 def metric_value(text: str, line_prefix: str) -> float:

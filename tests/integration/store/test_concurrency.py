@@ -14,9 +14,12 @@ from tests.integration.store.conftest import append, create_conversation, metric
 async def test_concurrent_patches_with_the_same_if_match(client: httpx.AsyncClient) -> None:
     conv = await create_conversation(client)
     url = f"/v1/conversations/{conv['id']}"
-    responses = await asyncio.gather(*[
-        client.patch(url, json={"title": f"t{i}"}, headers={"If-Match": '"1"'})
-        for i in range(20)])
+    responses = await asyncio.gather(
+        *[
+            client.patch(url, json={"title": f"t{i}"}, headers={"If-Match": '"1"'})
+            for i in range(20)
+        ]
+    )
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {200: 1, 412: 19}, statuses
     for r in responses:
@@ -32,9 +35,9 @@ async def test_concurrent_patches_with_the_same_if_match(client: httpx.AsyncClie
 async def test_concurrent_appends_are_sequential_without_gaps(client: httpx.AsyncClient) -> None:
     conv = await create_conversation(client)
     cid = conv["id"]
-    responses = await asyncio.gather(*[
-        append(client, cid, f"m{i}", headers={"Idempotency-Key": f"key-{i}"})
-        for i in range(50)])
+    responses = await asyncio.gather(
+        *[append(client, cid, f"m{i}", headers={"Idempotency-Key": f"key-{i}"}) for i in range(50)]
+    )
     assert all(r.status_code == 201 for r in responses), [r.text for r in responses][:3]
     versions = sorted(r.json()["version"] for r in responses)
     assert versions == list(range(2, 52))  # each append bumped the version once
@@ -44,8 +47,7 @@ async def test_concurrent_appends_are_sequential_without_gaps(client: httpx.Asyn
     assert full["version"] == 51
     assert [m["seq"] for m in full["messages"]] == list(range(1, 51))
     assert sorted(m["content"] for m in full["messages"]) == sorted(f"m{i}" for i in range(50))
-    by_seq = {r.json()["messages"][0]["seq"]: r.json()["messages"][0]["content"]
-              for r in responses}
+    by_seq = {r.json()["messages"][0]["seq"]: r.json()["messages"][0]["content"] for r in responses}
     assert by_seq == {m["seq"]: m["content"] for m in full["messages"]}
 
 
@@ -53,12 +55,16 @@ async def test_concurrent_appends_with_one_key_have_one_effect(client: httpx.Asy
     conv = await create_conversation(client)
     cid = conv["id"]
     headers = {"Idempotency-Key": "the-same-key"}
-    responses = await asyncio.gather(*[append(client, cid, "once", headers=headers)
-                                       for _ in range(20)])
+    responses = await asyncio.gather(
+        *[append(client, cid, "once", headers=headers) for _ in range(20)]
+    )
     statuses = Counter(r.status_code for r in responses)
     assert set(statuses) <= {201, 409}, [r.text for r in responses]
-    originals = [r for r in responses if r.status_code == 201
-                 and r.headers.get("idempotent-replayed") != "true"]
+    originals = [
+        r
+        for r in responses
+        if r.status_code == 201 and r.headers.get("idempotent-replayed") != "true"
+    ]
     replays = [r for r in responses if r.headers.get("idempotent-replayed") == "true"]
     assert len(originals) == 1
     for r in replays:
@@ -71,15 +77,22 @@ async def test_concurrent_appends_with_one_key_have_one_effect(client: httpx.Asy
     assert [m["content"] for m in full["messages"]] == ["once"]
     assert full["version"] == 2
     metrics = (await client.get("/metrics")).text
-    replayed = metric_value(metrics, 'keel_idempotent_replays_total{route="/v1/conversations/'
-                                     '{conversation_id}/messages"}')
+    replayed = metric_value(
+        metrics,
+        'keel_idempotent_replays_total{route="/v1/conversations/{conversation_id}/messages"}',
+    )
     assert replayed == len(replays)
 
 
 async def test_concurrent_creates_with_one_key_create_one(client: httpx.AsyncClient) -> None:
-    responses = await asyncio.gather(*[
-        client.post("/v1/conversations", json={"title": "one"},
-                    headers={"Idempotency-Key": "create-1"}) for _ in range(10)])
+    responses = await asyncio.gather(
+        *[
+            client.post(
+                "/v1/conversations", json={"title": "one"}, headers={"Idempotency-Key": "create-1"}
+            )
+            for _ in range(10)
+        ]
+    )
     ids = {r.json()["id"] for r in responses if r.status_code == 201}
     assert len(ids) == 1
     listed = (await client.get("/v1/conversations")).json()["data"]

@@ -19,10 +19,21 @@ async def test_create_read_shapes_and_etag(client: httpx.AsyncClient) -> None:
     resp = await client.post("/v1/conversations", json={"title": "Trip", "metadata": {"a": 1}})
     assert resp.status_code == 201
     conv = resp.json()
-    assert set(conv) == {"id", "title", "metadata", "version", "created_at", "updated_at",
-                         "messages"}
+    assert set(conv) == {
+        "id",
+        "title",
+        "metadata",
+        "version",
+        "created_at",
+        "updated_at",
+        "messages",
+    }
     assert (conv["title"], conv["metadata"], conv["version"], conv["messages"]) == (
-        "Trip", {"a": 1}, 1, [])
+        "Trip",
+        {"a": 1},
+        1,
+        [],
+    )
     assert resp.headers["etag"] == '"1"'
     assert resp.headers["location"] == f"/v1/conversations/{conv['id']}"
 
@@ -37,7 +48,9 @@ async def test_create_read_shapes_and_etag(client: httpx.AsyncClient) -> None:
     body = got.json()
     assert body["version"] == 2
     assert [(m["seq"], m["role"], m["content"]) for m in body["messages"]] == [
-        (1, "user", "hello"), (2, "user", "world")]
+        (1, "user", "hello"),
+        (2, "user", "world"),
+    ]
     assert set(body["messages"][0]) == {"id", "seq", "role", "content", "created_at"}
     assert body["created_at"].endswith("+00:00")
 
@@ -71,8 +84,9 @@ async def test_each_mutation_bumps_version_exactly_once(client: httpx.AsyncClien
 async def test_patch_and_delete_require_a_precondition(client: httpx.AsyncClient) -> None:
     conv = await create_conversation(client)
     url = f"/v1/conversations/{conv['id']}"
-    body = assert_problem(await client.patch(url, json={"title": "x"}), 428,
-                          "precondition_required")
+    body = assert_problem(
+        await client.patch(url, json={"title": "x"}), 428, "precondition_required"
+    )
     assert body["current_version"] == 1
     body = assert_problem(await client.delete(url), 428, "precondition_required")
     assert body["current_version"] == 1
@@ -87,36 +101,46 @@ async def test_stale_if_match_is_412_and_stale_body_version_409(
     cid = conv["id"]
     url = f"/v1/conversations/{cid}"
     await append(client, cid, "one")  # version 2
-    body = assert_problem(await client.patch(url, json={"title": "x"},
-                                             headers={"If-Match": '"1"'}),
-                          412, "precondition_failed")
+    body = assert_problem(
+        await client.patch(url, json={"title": "x"}, headers={"If-Match": '"1"'}),
+        412,
+        "precondition_failed",
+    )
     assert body["current_version"] == 2
-    body = assert_problem(await client.patch(url, json={"title": "x", "expected_version": 1}),
-                          409, "version_conflict")
+    body = assert_problem(
+        await client.patch(url, json={"title": "x", "expected_version": 1}), 409, "version_conflict"
+    )
     assert body["current_version"] == 2
-    body = assert_problem(await append(client, cid, "late", headers={"If-Match": '"1"'}),
-                          412, "precondition_failed")
+    body = assert_problem(
+        await append(client, cid, "late", headers={"If-Match": '"1"'}), 412, "precondition_failed"
+    )
     assert body["current_version"] == 2
-    body = assert_problem(await append(client, cid, "late", expected_version=1), 409,
-                          "version_conflict")
+    body = assert_problem(
+        await append(client, cid, "late", expected_version=1), 409, "version_conflict"
+    )
     assert body["current_version"] == 2
-    body = assert_problem(await client.request("DELETE", url, json={"expected_version": 7}),
-                          409, "version_conflict")
+    body = assert_problem(
+        await client.request("DELETE", url, json={"expected_version": 7}), 409, "version_conflict"
+    )
     assert body["current_version"] == 2
     # Weak tags never match If-Match; a list matches when one entry does; * matches any.
-    assert_problem(await client.patch(url, json={}, headers={"If-Match": 'W/"2"'}), 412,
-                   "precondition_failed")
+    assert_problem(
+        await client.patch(url, json={}, headers={"If-Match": 'W/"2"'}), 412, "precondition_failed"
+    )
     ok = await client.patch(url, json={"title": "y"}, headers={"If-Match": '"1", "2"'})
     assert ok.json()["version"] == 3
     ok = await client.patch(url, json={"title": "z"}, headers={"If-Match": "*"})
     assert ok.json()["version"] == 4
-    assert_problem(await client.patch(url, json={}, headers={"If-Match": "nonsense"}), 400,
-                   "bad_request")
+    assert_problem(
+        await client.patch(url, json={}, headers={"If-Match": "nonsense"}), 400, "bad_request"
+    )
     got = (await client.get(url)).json()
     assert (got["version"], got["title"], len(got["messages"])) == (4, "z", 1)
     metrics = (await client.get("/metrics")).text
-    assert ('keel_version_conflicts_total{code="precondition_failed",'
-            'route="/v1/conversations/{conversation_id}"}') in metrics
+    assert (
+        'keel_version_conflicts_total{code="precondition_failed",'
+        'route="/v1/conversations/{conversation_id}"}'
+    ) in metrics
 
 
 async def test_patch_fields(client: httpx.AsyncClient) -> None:
@@ -126,8 +150,11 @@ async def test_patch_fields(client: httpx.AsyncClient) -> None:
     assert (r.json()["title"], r.json()["metadata"]) == ("old", {"n": 2})
     r = await client.patch(url, json={"title": None}, headers={"If-Match": '"2"'})
     assert (r.json()["title"], r.json()["metadata"]) == (None, {"n": 2})
-    assert_problem(await client.patch(url, json={"colour": "red"}, headers={"If-Match": '"3"'}),
-                   422, "validation_error")
+    assert_problem(
+        await client.patch(url, json={"colour": "red"}, headers={"If-Match": '"3"'}),
+        422,
+        "validation_error",
+    )
 
 
 async def test_deleted_conversation_is_404_everywhere(client: httpx.AsyncClient) -> None:
@@ -163,40 +190,55 @@ async def test_list_is_cursor_paginated_and_bounded(client: httpx.AsyncClient) -
         if cursor is None:
             break
     assert seen == list(reversed(made))  # newest first, each exactly once
-    assert_problem(await client.get("/v1/conversations", params={"limit": 0}), 422,
-                   "validation_error")
-    body = assert_problem(await client.get("/v1/conversations", params={"limit": 201}), 422,
-                          "validation_error")
+    assert_problem(
+        await client.get("/v1/conversations", params={"limit": 0}), 422, "validation_error"
+    )
+    body = assert_problem(
+        await client.get("/v1/conversations", params={"limit": 201}), 422, "validation_error"
+    )
     assert body["limit"] == 200
-    assert_problem(await client.get("/v1/conversations", params={"cursor": "!!garbage"}), 400,
-                   "bad_request")
+    assert_problem(
+        await client.get("/v1/conversations", params={"cursor": "!!garbage"}), 400, "bad_request"
+    )
 
 
 async def test_message_validation(client: httpx.AsyncClient) -> None:
     conv = await create_conversation(client)
     cid = conv["id"]
     assert_problem(await append(client, cid, "x", role="wizard"), 422, "validation_error")
-    assert_problem(await client.post(f"/v1/conversations/{cid}/messages", json={"messages": []}),
-                   422, "validation_error")
-    assert_problem(await client.post(f"/v1/conversations/{cid}/messages",
-                                     json={"messages": [{"role": "user", "content": 5}]}),
-                   422, "validation_error")
+    assert_problem(
+        await client.post(f"/v1/conversations/{cid}/messages", json={"messages": []}),
+        422,
+        "validation_error",
+    )
+    assert_problem(
+        await client.post(
+            f"/v1/conversations/{cid}/messages", json={"messages": [{"role": "user", "content": 5}]}
+        ),
+        422,
+        "validation_error",
+    )
     assert (await client.get(f"/v1/conversations/{cid}")).json()["version"] == 1
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_limits_are_configurable_and_named(
-    make_settings: Callable[..., Settings], db_url: str,
+    make_settings: Callable[..., Settings],
+    db_url: str,
 ) -> None:
-    store = StoreSettings(max_message_chars=10, max_messages_per_append=2, max_title_chars=5,
-                         max_metadata_bytes=20)
+    store = StoreSettings(
+        max_message_chars=10, max_messages_per_append=2, max_title_chars=5, max_metadata_bytes=20
+    )
     async with asgi_client(create_app(make_settings(database_url=db_url, store=store))) as c:
-        body = assert_problem(await c.post("/v1/conversations", json={"title": "too long"}), 422,
-                              "validation_error")
+        body = assert_problem(
+            await c.post("/v1/conversations", json={"title": "too long"}), 422, "validation_error"
+        )
         assert (body["limit"], body["limit_name"]) == (5, "max_title_chars")
-        body = assert_problem(await c.post("/v1/conversations",
-                                           json={"metadata": {"k": "x" * 30}}),
-                              413, "payload_too_large")
+        body = assert_problem(
+            await c.post("/v1/conversations", json={"metadata": {"k": "x" * 30}}),
+            413,
+            "payload_too_large",
+        )
         assert (body["limit"], body["limit_name"]) == (20, "max_metadata_bytes")
         cid = (await create_conversation(c, title="ok"))["id"]
         body = assert_problem(await append(c, cid, "x" * 11), 413, "payload_too_large")
@@ -205,7 +247,11 @@ async def test_limits_are_configurable_and_named(
         body = assert_problem(await append(c, cid, "a", "b", "c"), 413, "payload_too_large")
         assert (body["limit"], body["limit_name"]) == (2, "max_messages_per_append")
         assert (await append(c, cid, "x" * 10, "y")).status_code == 201
-        body = assert_problem(await c.patch(f"/v1/conversations/{cid}", json={"title": "long!!"},
-                                            headers={"If-Match": '"2"'}),
-                              422, "validation_error")
+        body = assert_problem(
+            await c.patch(
+                f"/v1/conversations/{cid}", json={"title": "long!!"}, headers={"If-Match": '"2"'}
+            ),
+            422,
+            "validation_error",
+        )
         assert body["limit_name"] == "max_title_chars"

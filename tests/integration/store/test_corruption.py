@@ -17,12 +17,17 @@ CORRUPTION = 'keel_data_corruption_total{kind="message"}'
 
 async def _tamper(db: Database, cid: str, at_seq: int, **values: object) -> None:
     async with db.write() as conn:
-        await conn.execute(update(messages).where(messages.c.conversation_id == cid,
-                                                  messages.c.seq == at_seq).values(**values))
+        await conn.execute(
+            update(messages)
+            .where(messages.c.conversation_id == cid, messages.c.seq == at_seq)
+            .values(**values)
+        )
 
 
 async def test_altered_content_is_500_data_corrupted(
-    client: httpx.AsyncClient, store_db: Database, caplog: pytest.LogCaptureFixture,
+    client: httpx.AsyncClient,
+    store_db: Database,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     cid = (await create_conversation(client))["id"]
     sent = (await append(client, cid, "original words", "second")).json()["messages"]
@@ -33,29 +38,45 @@ async def test_altered_content_is_500_data_corrupted(
     for leak in ("TAMPERED", "original words", "second", "SELECT", "checksum", "Traceback"):
         assert leak not in resp.text
     assert body["retryable"] is False
-    assert_problem(await client.get(f"/v1/conversations/{cid}", params={"since_version": 0}),
-                   500, "data_corrupted")
+    assert_problem(
+        await client.get(f"/v1/conversations/{cid}", params={"since_version": 0}),
+        500,
+        "data_corrupted",
+    )
     # A delta that does not include the damaged message is still served.
     later = await client.get(f"/v1/conversations/{cid}", params={"since_version": 2})
     assert later.status_code == 200
     metrics = (await client.get("/metrics")).text
     assert metric_value(metrics, CORRUPTION) == 2
-    logged = [r for r in caplog.records if r.name == "keel.store"
-              and getattr(r, "conversation_id", None) == cid]
+    logged = [
+        r
+        for r in caplog.records
+        if r.name == "keel.store" and getattr(r, "conversation_id", None) == cid
+    ]
     assert logged
     assert logged[0].corrupted_message_ids == [sent[0]["id"]]  # type: ignore[attr-defined]
 
     report = await client.post(f"/v1/conversations/{cid}/verify")
     assert report.status_code == 200
-    assert report.json() == {"id": cid, "version": 2, "ok": False, "messages_checked": 2,
-                             "corrupted": [{"id": sent[0]["id"], "seq": 1}], "missing_seqs": []}
+    assert report.json() == {
+        "id": cid,
+        "version": 2,
+        "ok": False,
+        "messages_checked": 2,
+        "corrupted": [{"id": sent[0]["id"], "seq": 1}],
+        "missing_seqs": [],
+    }
     assert "TAMPERED" not in report.text
 
 
-@pytest.mark.parametrize(("column", "value"), [("role", "system"), ("seq", 7),
-                                               ("conversation_id", "other")])
+@pytest.mark.parametrize(
+    ("column", "value"), [("role", "system"), ("seq", 7), ("conversation_id", "other")]
+)
 async def test_other_covered_fields_are_checked(
-    client: httpx.AsyncClient, store_db: Database, column: str, value: object,
+    client: httpx.AsyncClient,
+    store_db: Database,
+    column: str,
+    value: object,
 ) -> None:
     cid = (await create_conversation(client))["id"]
     other = (await create_conversation(client))["id"]
@@ -65,8 +86,9 @@ async def test_other_covered_fields_are_checked(
     if column == "conversation_id":  # move seq 2 of cid to the end of the other conversation
         await _tamper(store_db, cid, 2, conversation_id=other)
         async with store_db.write() as conn:
-            await conn.execute(update(conversations).where(conversations.c.id == other)
-                               .values(next_seq=3))
+            await conn.execute(
+                update(conversations).where(conversations.c.id == other).values(next_seq=3)
+            )
         damaged.append(other)  # cid has a gap; other holds a message bound to cid
     else:
         await _tamper(store_db, cid, 2, **{column: value})
@@ -75,13 +97,13 @@ async def test_other_covered_fields_are_checked(
         assert (await client.post(f"/v1/conversations/{target}/verify")).json()["ok"] is False
 
 
-async def test_a_missing_message_is_detected(client: httpx.AsyncClient,
-                                             store_db: Database) -> None:
+async def test_a_missing_message_is_detected(client: httpx.AsyncClient, store_db: Database) -> None:
     cid = (await create_conversation(client))["id"]
     await append(client, cid, "a", "b", "c")
     async with store_db.write() as conn:
-        await conn.execute(delete(messages).where(messages.c.conversation_id == cid,
-                                                  messages.c.seq == 2))
+        await conn.execute(
+            delete(messages).where(messages.c.conversation_id == cid, messages.c.seq == 2)
+        )
     assert_problem(await client.get(f"/v1/conversations/{cid}"), 500, "data_corrupted")
     report = (await client.post(f"/v1/conversations/{cid}/verify")).json()
     assert (report["ok"], report["missing_seqs"], report["corrupted"]) == (False, [2], [])
@@ -91,6 +113,12 @@ async def test_verify_reports_a_healthy_conversation(client: httpx.AsyncClient) 
     cid = (await create_conversation(client))["id"]
     await append(client, cid, "a", "b")
     report = await client.post(f"/v1/conversations/{cid}/verify")
-    assert report.json() == {"id": cid, "version": 2, "ok": True, "messages_checked": 2,
-                             "corrupted": [], "missing_seqs": []}
+    assert report.json() == {
+        "id": cid,
+        "version": 2,
+        "ok": True,
+        "messages_checked": 2,
+        "corrupted": [],
+        "missing_seqs": [],
+    }
     assert metric_value((await client.get("/metrics")).text, CORRUPTION) == 0

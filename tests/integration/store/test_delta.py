@@ -23,7 +23,8 @@ async def test_delta_after_one_append_is_small(client: httpx.AsyncClient) -> Non
     assert (body["id"], body["version"], body["from_version"]) == (cid, before + 1, before)
     assert body["changed"] == {}
     assert [(m["seq"], m["role"], m["content"]) for m in body["messages"]] == [
-        (201, "assistant", "the newest message")]
+        (201, "assistant", "the newest message")
+    ]
     assert delta.headers["etag"] == f'"{before + 1}"'
 
 
@@ -52,7 +53,8 @@ async def test_delta_reports_changed_fields_and_all_later_messages(
 async def test_delta_from_the_future_is_409(client: httpx.AsyncClient) -> None:
     cid = (await create_conversation(client))["id"]
     url = f"/v1/conversations/{cid}"
-    body = assert_problem(await client.get(url, params={"since_version": 9}), 409,
-                          "version_conflict")
+    body = assert_problem(
+        await client.get(url, params={"since_version": 9}), 409, "version_conflict"
+    )
     assert body["current_version"] == 1
     assert_problem(await client.get(url, params={"since_version": -1}), 422, "validation_error")

@@ -29,8 +29,9 @@ ROUTE = "/v1/conversations/{conversation_id}/messages"
 
 async def _key_rows(db: Database) -> int:
     async with db.read() as conn:
-        return int((await conn.execute(select(func.count()).select_from(idempotency_keys)))
-                   .scalar_one())
+        return int(
+            (await conn.execute(select(func.count()).select_from(idempotency_keys))).scalar_one()
+        )
 
 
 async def test_replay_is_byte_for_byte(client: httpx.AsyncClient) -> None:
@@ -46,9 +47,11 @@ async def test_replay_is_byte_for_byte(client: httpx.AsyncClient) -> None:
     assert second.headers["etag"] == first.headers["etag"]
     assert second.headers["content-type"] == first.headers["content-type"]
     # Key order and whitespace in the JSON body do not make it another request.
-    third = await client.post(f"/v1/conversations/{cid}/messages",
-                              headers={**key, "Content-Type": "application/json"},
-                              content=b'{ "messages" : [ {"content": "hi", "role": "user"} ] }')
+    third = await client.post(
+        f"/v1/conversations/{cid}/messages",
+        headers={**key, "Content-Type": "application/json"},
+        content=b'{ "messages" : [ {"content": "hi", "role": "user"} ] }',
+    )
     assert third.headers["idempotent-replayed"] == "true"
     assert third.content == first.content
     conv = (await client.get(f"/v1/conversations/{cid}")).json()
@@ -63,11 +66,18 @@ async def test_same_key_different_request_is_422(client: httpx.AsyncClient) -> N
     key = {"Idempotency-Key": "k"}
     assert (await append(client, cid, "one", headers=key)).status_code == 201
     assert_problem(await append(client, cid, "two", headers=key), 422, "idempotency_key_reused")
-    assert_problem(await append(client, other, "one", headers=key), 422,
-                   "idempotency_key_reused")  # same route template, another path
-    assert_problem(await client.post(f"/v1/conversations/{cid}/messages?x=1", headers=key,
-                                     json={"messages": [{"role": "user", "content": "one"}]}),
-                   422, "idempotency_key_reused")
+    assert_problem(
+        await append(client, other, "one", headers=key), 422, "idempotency_key_reused"
+    )  # same route template, another path
+    assert_problem(
+        await client.post(
+            f"/v1/conversations/{cid}/messages?x=1",
+            headers=key,
+            json={"messages": [{"role": "user", "content": "one"}]},
+        ),
+        422,
+        "idempotency_key_reused",
+    )
     # The same key on another route is another key.
     assert (await client.post("/v1/conversations", json={}, headers=key)).status_code == 201
     assert len((await client.get(f"/v1/conversations/{cid}")).json()["messages"]) == 1
@@ -77,9 +87,11 @@ async def test_same_key_different_request_is_422(client: httpx.AsyncClient) -> N
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_malformed_key_is_400(client: httpx.AsyncClient, key: str) -> None:
     cid = (await create_conversation(client))["id"]
-    resp = await client.post(f"/v1/conversations/{cid}/messages",
-                             json={"messages": [{"role": "user", "content": "x"}]},
-                             headers=[("Idempotency-Key", key.encode("latin-1"))])
+    resp = await client.post(
+        f"/v1/conversations/{cid}/messages",
+        json={"messages": [{"role": "user", "content": "x"}]},
+        headers=[("Idempotency-Key", key.encode("latin-1"))],
+    )
     body = assert_problem(resp, 400, "bad_request")
     assert "Idempotency-Key" in str(body["detail"])
     assert (await client.get(f"/v1/conversations/{cid}")).json()["version"] == 1
@@ -96,8 +108,9 @@ async def test_longest_key_is_fine(client: httpx.AsyncClient) -> None:
 async def test_failures_are_not_stored(client: httpx.AsyncClient, store_db: Database) -> None:
     cid = (await create_conversation(client))["id"]
     key = {"Idempotency-Key": "retry-me"}
-    bad = await client.post(f"/v1/conversations/{cid}/messages", headers=key,
-                            json={"messages": [{"role": "user"}]})
+    bad = await client.post(
+        f"/v1/conversations/{cid}/messages", headers=key, json={"messages": [{"role": "user"}]}
+    )
     assert_problem(bad, 422, "validation_error")
     stale = await append(client, cid, "x", headers={**key, "If-Match": '"9"'})
     assert_problem(stale, 412, "precondition_failed")
@@ -108,8 +121,9 @@ async def test_failures_are_not_stored(client: httpx.AsyncClient, store_db: Data
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-async def test_keys_are_scoped_by_caller(make_settings: Callable[..., Settings],
-                                         db_url: str) -> None:
+async def test_keys_are_scoped_by_caller(
+    make_settings: Callable[..., Settings], db_url: str
+) -> None:
     app = create_app(make_settings(database_url=db_url, api_token=TOKEN))
     async with asgi_client(app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         cid = (await create_conversation(c))["id"]
@@ -117,8 +131,7 @@ async def test_keys_are_scoped_by_caller(make_settings: Callable[..., Settings],
         again = await append(c, cid, "x", headers={"Idempotency-Key": "k"})
         assert again.headers["idempotent-replayed"] == "true"
     app2 = create_app(make_settings(database_url=db_url, api_token="another-token-0123456789"))
-    async with asgi_client(app2, headers={"Authorization": "Bearer another-token-0123456789"}
-                           ) as c:
+    async with asgi_client(app2, headers={"Authorization": "Bearer another-token-0123456789"}) as c:
         # Another caller (token) using the same key is not replayed someone else's response.
         fresh = await append(c, cid, "x", headers={"Idempotency-Key": "k"})
         assert fresh.status_code == 201
@@ -127,12 +140,15 @@ async def test_keys_are_scoped_by_caller(make_settings: Callable[..., Settings],
 
 
 async def test_expired_keys_are_swept_and_can_be_reused(
-    client: httpx.AsyncClient, store_db: Database, settings: Settings,
+    client: httpx.AsyncClient,
+    store_db: Database,
+    settings: Settings,
 ) -> None:
     cid = (await create_conversation(client))["id"]
     for i in range(7):
-        assert (await append(client, cid, f"m{i}", headers={"Idempotency-Key": f"k{i}"})
-                ).status_code == 201
+        assert (
+            await append(client, cid, f"m{i}", headers={"Idempotency-Key": f"k{i}"})
+        ).status_code == 201
     metrics = Metrics()
     small = settings.store.model_copy(update={"sweep_batch": 3})
     idempotency = Idempotency(store_db, small, metrics)
@@ -148,8 +164,9 @@ async def test_expired_keys_are_swept_and_can_be_reused(
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-async def test_sweeper_runs_in_the_lifespan(make_settings: Callable[..., Settings],
-                                            db_url: str) -> None:
+async def test_sweeper_runs_in_the_lifespan(
+    make_settings: Callable[..., Settings], db_url: str
+) -> None:
     store = StoreSettings(idempotency_ttl_s=0.001, sweep_interval_s=0.01)
     app: FastAPI = create_app(make_settings(database_url=db_url, store=store))
     async with asgi_client(app) as c:
@@ -165,17 +182,24 @@ async def test_sweeper_runs_in_the_lifespan(make_settings: Callable[..., Setting
 
 
 async def test_a_key_held_by_a_running_request_is_409(
-    client: httpx.AsyncClient, store_db: Database, settings: Settings,
+    client: httpx.AsyncClient,
+    store_db: Database,
+    settings: Settings,
 ) -> None:
     cid = (await create_conversation(client))["id"]
     path = f"/v1/conversations/{cid}/messages"
     body = b'{"messages":[{"role":"user","content":"slow"}]}'
-    held = IdempotencyRequest("busy", scope_of("POST", ROUTE, "anonymous"),
-                              request_fingerprint("POST", path, "", body), ROUTE)
+    held = IdempotencyRequest(
+        "busy",
+        scope_of("POST", ROUTE, "anonymous"),
+        request_fingerprint("POST", path, "", body),
+        ROUTE,
+    )
     # Another request (a replica, or a chat-style claim) holds the key within its lease.
     assert isinstance(await Idempotency(store_db, settings.store, Metrics()).begin(held), Claim)
-    resp = await client.post(path, content=body, headers={
-        "Idempotency-Key": "busy", "Content-Type": "application/json"})
+    resp = await client.post(
+        path, content=body, headers={"Idempotency-Key": "busy", "Content-Type": "application/json"}
+    )
     problem = assert_problem(resp, 409, "idempotency_in_progress")
     assert problem["retryable"] is True
     assert int(resp.headers["retry-after"]) >= 1

@@ -52,9 +52,15 @@ def idem(migrated_db: Database, clock: Clock, metrics: Metrics) -> Idempotency:
     return Idempotency(migrated_db, settings, metrics, clock=clock)
 
 
-async def chat_endpoint(idem: Idempotency, db: Database, service: ConversationService,
-                        req: IdempotencyRequest, conversation_id: str,
-                        upstream_calls: list[str], fail: bool = False) -> StoredResponse:
+async def chat_endpoint(
+    idem: Idempotency,
+    db: Database,
+    service: ConversationService,
+    req: IdempotencyRequest,
+    conversation_id: str,
+    upstream_calls: list[str],
+    fail: bool = False,
+) -> StoredResponse:
     """The shape of the chat endpoint: upstream outside the store, append + complete inside."""
     got = await idem.begin(req)
     if isinstance(got, StoredResponse):
@@ -68,14 +74,19 @@ async def chat_endpoint(idem: Idempotency, db: Database, service: ConversationSe
         body = f'{{"content": "{answer}"}}'.encode()
         response = StoredResponse(200, body, {"content-type": "application/json"})
         async with db.write() as conn:
-            await service.append(conn, conversation_id, [NewMessage("user", "question"),
-                                                         NewMessage("assistant", answer)])
+            await service.append(
+                conn,
+                conversation_id,
+                [NewMessage("user", "question"), NewMessage("assistant", answer)],
+            )
             await idem.complete(conn, claim, response)
     return response
 
 
 async def test_chat_flow_appends_atomically_and_replays_without_upstream(
-    idem: Idempotency, migrated_db: Database, metrics: Metrics,
+    idem: Idempotency,
+    migrated_db: Database,
+    metrics: Metrics,
 ) -> None:
     service = ConversationService(StoreSettings(), metrics)
     async with migrated_db.write() as conn:
@@ -95,7 +106,8 @@ async def test_chat_flow_appends_atomically_and_replays_without_upstream(
 
 
 async def test_failed_work_is_abandoned_so_the_client_can_retry(
-    idem: Idempotency, migrated_db: Database,
+    idem: Idempotency,
+    migrated_db: Database,
 ) -> None:
     service = ConversationService(StoreSettings(), Metrics())
     async with migrated_db.write() as conn:
@@ -139,7 +151,9 @@ async def test_cancellation_abandons_the_claim(idem: Idempotency) -> None:
 
 
 async def test_a_stale_claim_is_taken_over_and_its_holder_cannot_complete(
-    idem: Idempotency, migrated_db: Database, clock: Clock,
+    idem: Idempotency,
+    migrated_db: Database,
+    clock: Clock,
 ) -> None:
     crashed = await idem.begin(request())
     assert isinstance(crashed, Claim)
@@ -164,8 +178,9 @@ async def test_a_stale_claim_is_taken_over_and_its_holder_cannot_complete(
     assert isinstance(await idem.begin(request()), StoredResponse)
 
 
-async def test_an_expired_key_is_a_new_key(idem: Idempotency, migrated_db: Database,
-                                           clock: Clock) -> None:
+async def test_an_expired_key_is_a_new_key(
+    idem: Idempotency, migrated_db: Database, clock: Clock
+) -> None:
     claim = await idem.begin(request())
     assert isinstance(claim, Claim)
     async with migrated_db.write() as conn:
@@ -176,7 +191,9 @@ async def test_an_expired_key_is_a_new_key(idem: Idempotency, migrated_db: Datab
 
 
 async def test_peek_answers_without_claiming_or_counting(
-    idem: Idempotency, migrated_db: Database, metrics: Metrics,
+    idem: Idempotency,
+    migrated_db: Database,
+    metrics: Metrics,
 ) -> None:
     async with migrated_db.read() as conn:
         assert await idem.peek(conn, request()) is None
@@ -197,8 +214,9 @@ async def test_peek_answers_without_claiming_or_counting(
 
 
 async def test_concurrent_begins_claim_once(idem: Idempotency) -> None:
-    results = await asyncio.gather(*[idem.begin(request()) for _ in range(10)],
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *[idem.begin(request()) for _ in range(10)], return_exceptions=True
+    )
     claims = [r for r in results if isinstance(r, Claim)]
     assert len(claims) == 1
     assert all(isinstance(r, IdempotencyInProgress) for r in results if r is not claims[0])

@@ -40,14 +40,21 @@ class Model:
 
 versions = st.integers(min_value=0, max_value=6)
 preconditions = st.builds(
-    lambda tags, star, expected: Precondition.of(tags, expected_version=expected,
-                                                 any_version=star and tags is None),
+    lambda tags, star, expected: Precondition.of(
+        tags, expected_version=expected, any_version=star and tags is None
+    ),
     st.none() | st.sets(versions, min_size=1, max_size=2),
     st.booleans(),
     st.none() | versions,
 )
-operations = st.lists(st.tuples(st.sampled_from(["append", "patch", "delete"]), preconditions,
-                                st.integers(min_value=1, max_value=3)), max_size=12)
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["append", "patch", "delete"]),
+        preconditions,
+        st.integers(min_value=1, max_value=3),
+    ),
+    max_size=12,
+)
 
 
 async def _scenario(url: str, ops: list[tuple[str, Precondition, int]]) -> None:
@@ -64,11 +71,13 @@ async def _scenario(url: str, ops: list[tuple[str, Precondition, int]]) -> None:
                     if kind == "append":
                         out = await service.append(conn, cid, [NewMessage("user", "x")] * n, pre)
                         assert [m.seq for m in out.messages] == list(
-                            range(model.messages + 1, model.messages + n + 1))
+                            range(model.messages + 1, model.messages + n + 1)
+                        )
                         version = out.conversation.version
                     elif kind == "patch":
-                        version = (await service.update(conn, cid, FieldChanges(set_title=True),
-                                                        pre)).version
+                        version = (
+                            await service.update(conn, cid, FieldChanges(set_title=True), pre)
+                        ).version
                     else:
                         version = (await service.delete(conn, cid, pre)).version
                 status = 200

@@ -43,10 +43,11 @@ async def test_strand_keeps_order_on_a_shared_pool(tmp_path: Path) -> None:
     assert seen == list(range(200))
 
 
-async def test_batch_writer_hashes_and_writes_off_the_loop(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
+async def test_batch_writer_hashes_and_writes_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     threads: set[str] = set()
+
     def spy(fd: int, data: bytes | memoryview) -> None:
         threads.add(threading.current_thread().name)
         write_all(fd, data)
@@ -59,7 +60,7 @@ async def test_batch_writer_hashes_and_writes_off_the_loop(tmp_path: Path,
     try:
         w = BatchWriter(pool.strand(), fd, hashlib.sha256(), 0, depth=2)
         for i in range(0, 50, 5):
-            await w.write(chunks[i:i + 5])
+            await w.write(chunks[i : i + 5])
         await w.close()
     finally:
         pool.shutdown()
@@ -72,8 +73,7 @@ async def test_batch_writer_hashes_and_writes_off_the_loop(tmp_path: Path,
     assert threading.main_thread().name not in threads
 
 
-def test_write_all_finishes_short_writes(tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_all_finishes_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "out"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     real = os.write

@@ -12,12 +12,15 @@ SHA = "ab" * 32
 
 
 def _model(**overrides: object) -> dict[str, object]:
-    file = {"name": "m.gguf", "url": "https://models.example/m.gguf", "sha256": SHA,
-            "size": 10}
-    file.update({k.removeprefix("file_"): v for k, v in overrides.items()
-                 if k.startswith("file_")})
-    model: dict[str, object] = {"id": "m1", "name": "M", "capability": "llm",
-                                "engine": "llama_cpp", "files": [file]}
+    file = {"name": "m.gguf", "url": "https://models.example/m.gguf", "sha256": SHA, "size": 10}
+    file.update({k.removeprefix("file_"): v for k, v in overrides.items() if k.startswith("file_")})
+    model: dict[str, object] = {
+        "id": "m1",
+        "name": "M",
+        "capability": "llm",
+        "engine": "llama_cpp",
+        "files": [file],
+    }
     model.update({k: v for k, v in overrides.items() if not k.startswith("file_")})
     return model
 
@@ -38,9 +41,11 @@ def test_bundled_manifest_lists_gemma() -> None:
 def test_extra_manifests_are_colon_separated(tmp_path: Path) -> None:
     a, b = tmp_path / "a.toml", tmp_path / "b.toml"
     for path, model_id in ((a, "alpha"), (b, "beta")):
-        path.write_text(f'[[models]]\nid = "{model_id}"\ncapability = "stt"\n'
-                        f'[[models.files]]\nname = "{model_id}.bin"\n'
-                        f'url = "file:///srv/{model_id}.bin"\nsha256 = "{SHA}"\nsize = 5\n')
+        path.write_text(
+            f'[[models]]\nid = "{model_id}"\ncapability = "stt"\n'
+            f'[[models.files]]\nname = "{model_id}.bin"\n'
+            f'url = "file:///srv/{model_id}.bin"\nsha256 = "{SHA}"\nsize = 5\n'
+        )
     manifest = load_manifest(f"{a}:{b}")
     assert [m.id for m in manifest] == ["gemma3-270m", "alpha", "beta"]
     beta = manifest.get("beta")
@@ -48,26 +53,30 @@ def test_extra_manifests_are_colon_separated(tmp_path: Path) -> None:
     assert beta.files[0].url == "file:///srv/beta.bin"
 
 
-@pytest.mark.parametrize(("overrides", "needle"), [
-    ({"id": "Bad_Id"}, "models[0].id"),
-    ({"id": "../x"}, "models[0].id"),
-    ({"id": "a" * 65}, "models[0].id"),
-    ({"capability": "vision"}, "capability"),
-    ({"files": []}, "files"),
-    ({"file_sha256": "xyz"}, "sha256: must be 64 hexadecimal"),
-    ({"file_sha256": "a" * 63}, "sha256"),
-    ({"file_size": 0}, "size"),
-    ({"file_size": "10"}, "size"),
-    ({"file_url": "ftp://host/m.gguf"}, "scheme must be http, https or file"),
-    ({"file_url": "javascript:alert(1)"}, "scheme"),
-    ({"file_url": "https:///nohost"}, "needs a host"),
-    ({"file_name": "../m.gguf"}, "files[0].name"),
-    ({"file_name": "/etc/passwd"}, "files[0].name"),
-    ({"file_name": "a/b.gguf"}, "files[0].name"),
-    ({"surprise": 1}, "unknown field"),
-])
-def test_invalid_entries_are_refused_with_a_clear_message(overrides: dict[str, object],
-                                                          needle: str) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"id": "Bad_Id"}, "models[0].id"),
+        ({"id": "../x"}, "models[0].id"),
+        ({"id": "a" * 65}, "models[0].id"),
+        ({"capability": "vision"}, "capability"),
+        ({"files": []}, "files"),
+        ({"file_sha256": "xyz"}, "sha256: must be 64 hexadecimal"),
+        ({"file_sha256": "a" * 63}, "sha256"),
+        ({"file_size": 0}, "size"),
+        ({"file_size": "10"}, "size"),
+        ({"file_url": "ftp://host/m.gguf"}, "scheme must be http, https or file"),
+        ({"file_url": "javascript:alert(1)"}, "scheme"),
+        ({"file_url": "https:///nohost"}, "needs a host"),
+        ({"file_name": "../m.gguf"}, "files[0].name"),
+        ({"file_name": "/etc/passwd"}, "files[0].name"),
+        ({"file_name": "a/b.gguf"}, "files[0].name"),
+        ({"surprise": 1}, "unknown field"),
+    ],
+)
+def test_invalid_entries_are_refused_with_a_clear_message(
+    overrides: dict[str, object], needle: str
+) -> None:
     with pytest.raises(ManifestError) as info:
         parse_manifest({"models": [_model(**overrides)]}, source="extra.toml")
     assert needle in str(info.value)
@@ -78,9 +87,11 @@ def test_duplicate_ids_are_refused_within_and_across_files(tmp_path: Path) -> No
     with pytest.raises(ManifestError, match="duplicate model id 'm1'"):
         parse_manifest({"models": [_model(), _model()]})
     clash = tmp_path / "clash.toml"
-    clash.write_text('[[models]]\nid = "gemma3-270m"\ncapability = "llm"\n[[models.files]]\n'
-                     f'name = "g.gguf"\nurl = "https://x.example/g"\nsha256 = "{SHA}"\n'
-                     'size = 1\n')
+    clash.write_text(
+        '[[models]]\nid = "gemma3-270m"\ncapability = "llm"\n[[models.files]]\n'
+        f'name = "g.gguf"\nurl = "https://x.example/g"\nsha256 = "{SHA}"\n'
+        "size = 1\n"
+    )
     with pytest.raises(ManifestError, match="duplicate model id 'gemma3-270m'"):
         load_manifest(str(clash))
 

@@ -9,8 +9,9 @@ import pytest
 from app.lifecycle.paths import UnsafeName, check_file_name, check_model_id, safe_join
 
 
-@pytest.mark.parametrize("bad", ["..", "../x", "/abs", "a/b", "a\\b", "", "-x", "X", "a..b",
-                                 "a" * 65, "a\x00"])
+@pytest.mark.parametrize(
+    "bad", ["..", "../x", "/abs", "a/b", "a\\b", "", "-x", "X", "a..b", "a" * 65, "a\x00"]
+)
 def test_bad_model_ids(bad: str) -> None:
     with pytest.raises(UnsafeName):
         check_model_id(bad)
@@ -21,8 +22,21 @@ def test_good_model_ids(good: str) -> None:
     assert check_model_id(good) == good
 
 
-@pytest.mark.parametrize("bad", ["..", "../m.gguf", "/etc/passwd", "d/f", ".hidden", "f..g",
-                                 "m.gguf.partial", "m.gguf.partial.json", "m.tmp", "a b"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "..",
+        "../m.gguf",
+        "/etc/passwd",
+        "d/f",
+        ".hidden",
+        "f..g",
+        "m.gguf.partial",
+        "m.gguf.partial.json",
+        "m.tmp",
+        "a b",
+    ],
+)
 def test_bad_file_names(bad: str) -> None:
     with pytest.raises(UnsafeName):
         check_file_name(bad)

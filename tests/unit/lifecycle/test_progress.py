@@ -20,8 +20,11 @@ async def test_progress_coalesces_into_the_newest() -> None:
     hub.publish(_event("verifying", 100))
     hub.publish(_event("ready", 100))
     got = [await sub.get(0) for _ in range(3)]
-    assert [(e.phase, e.bytes) for e in got if e] == [("downloading", 99), ("verifying", 100),
-                                                      ("ready", 100)]
+    assert [(e.phase, e.bytes) for e in got if e] == [
+        ("downloading", 99),
+        ("verifying", 100),
+        ("ready", 100),
+    ]
     assert await sub.get(0) is None
     assert sub.dropped == 999
 

@@ -8,17 +8,29 @@ from app.lifecycle.retry_policy import DownloadFailure, FailureKind, RetryPolicy
 
 
 def _policy(**kw: float) -> RetryPolicy:
-    values: dict[str, float] = {"retries": 2, "network_retries": 4, "base_delay_s": 1.0,
-                                "max_delay_s": 8.0}
+    values: dict[str, float] = {
+        "retries": 2,
+        "network_retries": 4,
+        "base_delay_s": 1.0,
+        "max_delay_s": 8.0,
+    }
     values.update(kw)
-    return RetryPolicy(retries=int(values["retries"]),
-                       network_retries=int(values["network_retries"]),
-                       base_delay_s=values["base_delay_s"], max_delay_s=values["max_delay_s"],
-                       rng=random.Random(1))
+    return RetryPolicy(
+        retries=int(values["retries"]),
+        network_retries=int(values["network_retries"]),
+        base_delay_s=values["base_delay_s"],
+        max_delay_s=values["max_delay_s"],
+        rng=random.Random(1),
+    )
 
 
-def _fail(kind: FailureKind, *, resumed: bool = False, retry_after: float | None = None,
-          restart: bool = False) -> DownloadFailure:
+def _fail(
+    kind: FailureKind,
+    *,
+    resumed: bool = False,
+    retry_after: float | None = None,
+    restart: bool = False,
+) -> DownloadFailure:
     failure = DownloadFailure(kind, "x", "m", retry_after=retry_after, restart=restart)
     failure.resumed = resumed
     return failure

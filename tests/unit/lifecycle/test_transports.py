@@ -48,10 +48,12 @@ async def test_file_urls_answer_like_an_http_server(tmp_path: Path) -> None:
         async with download_client(DownloadSettings(), pool) as client:
             full = await client.get(request_url(url))
             etag = full.headers["etag"]
-            part = await client.get(request_url(url), headers={"Range": "bytes=4000-",
-                                                               "If-Range": etag})
-            changed = await client.get(request_url(url), headers={"Range": "bytes=4000-",
-                                                                  "If-Range": '"other"'})
+            part = await client.get(
+                request_url(url), headers={"Range": "bytes=4000-", "If-Range": etag}
+            )
+            changed = await client.get(
+                request_url(url), headers={"Range": "bytes=4000-", "If-Range": '"other"'}
+            )
             beyond = await client.get(request_url(url), headers={"Range": "bytes=5000-"})
             missing = await client.get(request_url(url + ".nope"))
     finally:
@@ -68,8 +70,14 @@ async def test_file_urls_answer_like_an_http_server(tmp_path: Path) -> None:
 
 
 async def test_proxy_variables_keep_httpx_own_transport(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                 "all_proxy"):
+    for name in (
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     pool = HashPool(1)
     try:

@@ -97,8 +97,13 @@ def test_delay_is_clipped_by_the_deadline(
 ) -> None:
     min_attempt = 0.05
     delay = compute_delay(
-        attempt, 0.1, 5.0, random.Random(seed),
-        retry_after=retry_after, remaining=remaining, min_attempt_s=min_attempt,
+        attempt,
+        0.1,
+        5.0,
+        random.Random(seed),
+        retry_after=retry_after,
+        remaining=remaining,
+        min_attempt_s=min_attempt,
     )
     if delay is None:
         # Only when the deadline cannot hold Retry-After (or anything at all) plus an attempt.

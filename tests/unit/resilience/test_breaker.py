@@ -19,15 +19,23 @@ def make(
     window: str = "count", clock: FakeClock | None = None, **overrides: Any
 ) -> tuple[CircuitBreaker, FakeClock, list[tuple[str, str, str, str]]]:
     values: dict[str, Any] = {
-        "window": window, "window_size": 10, "min_calls": 10, "failure_rate": 0.5,
-        "slow_call_s": 1.0, "slow_call_rate": 1.0, "open_s": 10.0, "open_max_s": 35.0,
+        "window": window,
+        "window_size": 10,
+        "min_calls": 10,
+        "failure_rate": 0.5,
+        "slow_call_s": 1.0,
+        "slow_call_rate": 1.0,
+        "open_s": 10.0,
+        "open_max_s": 35.0,
         "half_open_permits": 1,
     }
     values.update(overrides)
     clock = clock or FakeClock(auto_advance=False)
     events: list[tuple[str, str, str, str]] = []
     breaker = CircuitBreaker(
-        "cloud", BreakerSettings(**values), clock,
+        "cloud",
+        BreakerSettings(**values),
+        clock,
         listeners=(lambda *e: events.append(e),),
     )
     return breaker, clock, events

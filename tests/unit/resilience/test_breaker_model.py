@@ -60,7 +60,7 @@ class RefBreaker:
 
     def window(self) -> list[Call]:
         if self.cfg.window == "count":
-            return self.calls[-self.cfg.window_size:]
+            return self.calls[-self.cfg.window_size :]
         newest = math.floor(self.clock.now())
         return [c for c in self.calls if math.floor(c.at) > newest - self.cfg.window_size]
 
@@ -155,13 +155,24 @@ class BreakerMachine(RuleBasedStateMachine):
         permits=st.integers(min_value=1, max_value=3),
     )
     def setup(
-        self, window: str, window_size: int, min_calls: int, failure_rate: float,
-        slow_call_rate: float, permits: int,
+        self,
+        window: str,
+        window_size: int,
+        min_calls: int,
+        failure_rate: float,
+        slow_call_rate: float,
+        permits: int,
     ) -> None:
         cfg = BreakerSettings(
-            window=window, window_size=window_size, min_calls=min_calls,
-            failure_rate=failure_rate, slow_call_s=2.0, slow_call_rate=slow_call_rate,
-            open_s=5.0, open_max_s=30.0, half_open_permits=permits,
+            window=window,
+            window_size=window_size,
+            min_calls=min_calls,
+            failure_rate=failure_rate,
+            slow_call_s=2.0,
+            slow_call_rate=slow_call_rate,
+            open_s=5.0,
+            open_max_s=30.0,
+            half_open_permits=permits,
         )
         self.real = CircuitBreaker(
             "m", cfg, self.clock, listeners=(lambda _n, a, b, _r: self.transitions.append((a, b)),)
@@ -254,7 +265,5 @@ class BreakerMachine(RuleBasedStateMachine):
         assert all(a != b for a, b in self.transitions)
 
 
-BreakerMachine.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=40, deadline=None
-)
+BreakerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestBreakerAgainstModel = BreakerMachine.TestCase

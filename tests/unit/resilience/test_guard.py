@@ -101,8 +101,10 @@ def test_a_bad_retry_override_names_the_setting() -> None:
 
 def test_from_settings_applies_provider_overrides() -> None:
     provider = ProviderSettings(
-        max_concurrency=3, max_queue_wait_s=0.5,
-        retry={"max_attempts": 2}, breaker={"open_s": 7, "window": "time"},
+        max_concurrency=3,
+        max_queue_wait_s=0.5,
+        retry={"max_attempts": 2},
+        breaker={"open_s": 7, "window": "time"},
     )
     guard = ProviderGuard.from_settings("p", provider, ResilienceSettings(), clock=FakeClock())
     assert guard.retrier.policy.max_attempts == 2
@@ -140,15 +142,13 @@ async def test_retries_are_counted_by_reason() -> None:
     assert await call(guard, flaky) == ("ok", 3)
     for reason in ("connect", "reset"):
         assert sample(metrics, "keel_upstream_retries_total", provider="cloud", reason=reason) == 1
-        assert sample(
-            metrics, "keel_upstream_attempts_total", provider="cloud", outcome=reason
-        ) == 1
+        assert (
+            sample(metrics, "keel_upstream_attempts_total", provider="cloud", outcome=reason) == 1
+        )
 
 
 async def test_budget_exhaustion_is_counted() -> None:
-    guard, _, metrics, _ = make(
-        retry={"max_attempts": 3, "budget_ratio": 0, "budget_min_per_s": 0}
-    )
+    guard, _, metrics, _ = make(retry={"max_attempts": 3, "budget_ratio": 0, "budget_min_per_s": 0})
     with pytest.raises(UpstreamFailure):
         await call(guard, boom)
     assert sample(metrics, "keel_retry_budget_exhausted_total", provider="cloud") == 1
@@ -176,12 +176,21 @@ async def test_the_breaker_lifecycle_lands_on_timeline_and_metrics() -> None:
         ("breaker:cloud", "open", "half_open"),
         ("breaker:cloud", "half_open", "closed"),
     ]
-    for from_state, to_state in [("closed", "open"), ("open", "half_open"),
-                                 ("half_open", "closed")]:
-        assert sample(
-            metrics, "keel_breaker_transitions_total",
-            provider="cloud", from_state=from_state, to_state=to_state,
-        ) == 1
+    for from_state, to_state in [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]:
+        assert (
+            sample(
+                metrics,
+                "keel_breaker_transitions_total",
+                provider="cloud",
+                from_state=from_state,
+                to_state=to_state,
+            )
+            == 1
+        )
     assert sample(metrics, "keel_breaker_state", provider="cloud", state="closed") == 1
     guard.breaker.force_open()
     guard.breaker.disable()
@@ -263,8 +272,9 @@ async def test_twenty_concurrent_callers_in_half_open_send_exactly_the_trial_per
         await clock.sleep(1)
         return "ok"
 
-    results = await asyncio.gather(*(call(guard, slow_ok) for _ in range(20)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(call(guard, slow_ok) for _ in range(20)), return_exceptions=True
+    )
     assert reached == 2
     assert sum(r == ("ok", 1) for r in results) == 2
     rejected = [r for r in results if isinstance(r, CircuitOpen)]
@@ -304,7 +314,11 @@ async def test_diagnostics_are_json_ready() -> None:
     assert diag["breaker"]["calls"] == 1
     assert diag["retry_budget"]["requests"] == 1
     assert diag["limiter"] == {
-        "in_use": 0, "queued": 0, "max_concurrency": 8, "max_queue": 32, "max_queue_wait_s": 1.0,
+        "in_use": 0,
+        "queued": 0,
+        "max_concurrency": 8,
+        "max_queue": 32,
+        "max_queue_wait_s": 1.0,
     }
 
 

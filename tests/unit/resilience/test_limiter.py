@@ -186,5 +186,9 @@ async def test_occupancy_is_reported_on_every_change() -> None:
     await holder
     assert seen == [(1, 0), (1, 1), (1, 0), (0, 0)]
     assert limiter.snapshot() == {
-        "in_use": 0, "queued": 0, "max_concurrency": 1, "max_queue": 4, "max_queue_wait_s": 5.0,
+        "in_use": 0,
+        "queued": 0,
+        "max_concurrency": 1,
+        "max_queue": 4,
+        "max_queue_wait_s": 5.0,
     }

@@ -13,14 +13,18 @@ def test_canonical_json_is_sorted_compact_utf8() -> None:
 
 def test_checksum_is_sha256_of_the_canonical_encoding() -> None:
     expected = hashlib.sha256(
-        b'{"content":"hi","conversation_id":"c1","role":"user","seq":1}').hexdigest()
+        b'{"content":"hi","conversation_id":"c1","role":"user","seq":1}'
+    ).hexdigest()
     assert message_checksum("c1", 1, "user", "hi") == expected
 
 
 def test_every_covered_field_changes_the_checksum() -> None:
     base = message_checksum("c1", 1, "user", "hi")
-    variants = [message_checksum("c2", 1, "user", "hi"), message_checksum("c1", 2, "user", "hi"),
-                message_checksum("c1", 1, "assistant", "hi"),
-                message_checksum("c1", 1, "user", "hi ")]
+    variants = [
+        message_checksum("c2", 1, "user", "hi"),
+        message_checksum("c1", 2, "user", "hi"),
+        message_checksum("c1", 1, "assistant", "hi"),
+        message_checksum("c1", 1, "user", "hi "),
+    ]
     assert base not in variants
     assert len(set(variants)) == len(variants)

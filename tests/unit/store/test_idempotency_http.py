@@ -10,8 +10,9 @@ from app.store.idempotency_http import caller_of, parse_key, request_fingerprint
 BODY = b'{"messages": [{"role": "user", "content": "hi"}], "expected_version": 2}'
 
 
-@pytest.mark.parametrize("key", ["a", "~" * 255, "550e8400-e29b-41d4-a716-446655440000",
-                                 "!#$%&'()*+,-./:;<=>?@[]^_`{|}"])
+@pytest.mark.parametrize(
+    "key", ["a", "~" * 255, "550e8400-e29b-41d4-a716-446655440000", "!#$%&'()*+,-./:;<=>?@[]^_`{|}"]
+)
 def test_visible_ascii_keys_are_accepted(key: str) -> None:
     assert parse_key(key) == key
 
@@ -46,15 +47,19 @@ def test_fingerprint_is_canonical_over_json_bodies() -> None:
     assert request_fingerprint("POST", "/v1/c/1/messages", "dry_run=true", BODY) == fp
 
 
-@pytest.mark.parametrize(("method", "path", "query", "body", "if_match"), [
-    ("PATCH", "/v1/c/1/messages", "", BODY, None),
-    ("POST", "/v1/c/2/messages", "", BODY, None),
-    ("POST", "/v1/c/1/messages", "a=1", BODY, None),
-    ("POST", "/v1/c/1/messages", "", BODY.replace(b"hi", b"ho"), None),
-    ("POST", "/v1/c/1/messages", "", BODY, '"2"'),
-    ("POST", "/v1/c/1/messages", "", b"not json", None),
-])
-def test_any_other_difference_is_another_request(method: str, path: str, query: str,
-                                                 body: bytes, if_match: str | None) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "query", "body", "if_match"),
+    [
+        ("PATCH", "/v1/c/1/messages", "", BODY, None),
+        ("POST", "/v1/c/2/messages", "", BODY, None),
+        ("POST", "/v1/c/1/messages", "a=1", BODY, None),
+        ("POST", "/v1/c/1/messages", "", BODY.replace(b"hi", b"ho"), None),
+        ("POST", "/v1/c/1/messages", "", BODY, '"2"'),
+        ("POST", "/v1/c/1/messages", "", b"not json", None),
+    ],
+)
+def test_any_other_difference_is_another_request(
+    method: str, path: str, query: str, body: bytes, if_match: str | None
+) -> None:
     fp = request_fingerprint("POST", "/v1/c/1/messages", "", BODY)
     assert request_fingerprint(method, path, query, body, if_match) != fp

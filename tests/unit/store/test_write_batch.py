@@ -97,7 +97,10 @@ async def test_a_failed_commit_is_retried_job_by_job() -> None:
     db = FakeDatabase(fail_commits=1)
     batcher = WriteBatcher(db)  # type: ignore[arg-type]
     assert await asyncio.gather(*[submit(batcher, db, f"j{i}") for i in range(3)]) == [
-        "j0", "j1", "j2"]
+        "j0",
+        "j1",
+        "j2",
+    ]
     assert sorted(db.all_committed()) == ["j0", "j1", "j2"]
 
 

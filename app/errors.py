@@ -47,6 +47,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.state import request_id
+
 log = logging.getLogger("keel.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -244,8 +246,7 @@ def catalogue() -> dict[str, type[KeelError]]:
 
 
 def request_id_of(request: Request) -> str | None:
-    rid = getattr(request.state, "request_id", None)
-    return rid if isinstance(rid, str) else None
+    return request_id(request.scope)
 
 
 def problem_response(exc: KeelError, request_id: str | None) -> JSONResponse:

@@ -6,15 +6,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from app.api.chat_schemas import MAX_CONTENT_CHARS, ChatRequest, content_chars
-from app.api.sse import ClientDisconnected, EventStreamResponse, until_disconnect
+from app.api.deps import ChatDep
+from app.api.idempotency import idempotency_request, to_response
+from app.chat.records import (
+    ChatRecords,
+    StreamTranscript,
+    completion_text,
+    new_user_turns,
+)
+from app.chat.relay import ClientDisconnected, EventStreamResponse, until_disconnect
+from app.chat.schemas import MAX_CONTENT_CHARS, ChatRequest, content_chars
+from app.chat.service import Answer
 from app.errors import (
     DeadlineExceeded,
     KeelError,
@@ -24,31 +33,17 @@ from app.errors import (
     ValidationFailed,
 )
 from app.observability.metrics import Metrics
-from app.providers.chat_records import (
-    ChatRecords,
-    StreamTranscript,
-    completion_text,
-    new_user_turns,
-)
-from app.providers.chat_service import Answer, ChatService
 from app.resilience.failures import UpstreamFailure
+from app.state import app_state
+from app.state import request_id as request_id_of
 from app.store.conversation_models import NewMessage
 from app.store.idempotency import Claim, StoredResponse
-from app.store.idempotency_http import idempotency_request, to_response
 
 router = APIRouter(tags=["chat"])
 log = logging.getLogger("keel.chat")
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody receives it, the metrics and log do
 _DONE = b"data: [DONE]"
-
-
-async def get_chat(request: Request) -> ChatService:
-    chat: ChatService = request.state.chat
-    return chat
-
-
-ChatDep = Annotated[ChatService, Depends(get_chat)]
 
 
 def _timeout_header(value: str | None) -> float | None:
@@ -88,11 +83,11 @@ async def chat_completions(request: Request) -> Response:
     parameter on each call, which measured at a third of Keel's own cost per completion
     (docs/benchmarks.md). The body is validated by pydantic-core directly, with the same
     422 problem as everywhere else."""
-    state = request.state
-    chat: ChatService = state.chat
-    records: ChatRecords = state.chat_records
-    metrics: Metrics = state.metrics
-    request_id: str = state.request_id
+    state = app_state(request)
+    chat = state.chat
+    records = state.chat_records
+    metrics = state.metrics
+    request_id = request_id_of(request.scope) or ""
     payload = _parse(await request.body())
     key = await idempotency_request(request)
     x_request_timeout = request.headers.get("x-request-timeout")
@@ -102,7 +97,7 @@ async def chat_completions(request: Request) -> Response:
                 f"Message {i} exceeds {MAX_CONTENT_CHARS} characters.",
                 extra={"limit": MAX_CONTENT_CHARS, "field": f"body.messages.{i}.content"},
             )
-    targets = chat.router.resolve(payload.model)
+    targets = chat.targets.resolve(payload.model)
     deadline = chat.deadline_for(targets, _timeout_header(x_request_timeout))
     # Forward what the client sent, minus Keel's own extension fields.
     body: dict[str, Any] = payload.model_dump(exclude_unset=True, exclude={"conversation_id"})
@@ -236,18 +231,18 @@ def _error_event(exc: KeelError, request_id: str) -> bytes:
 async def list_models(chat: ChatDep) -> dict[str, Any]:
     data = [
         _model_entry(name, [t.id for t in targets], "route")
-        for name, targets in chat.router.routes.items()
+        for name, targets in chat.targets.routes.items()
     ]
-    data += [_model_entry(t.id, [t.id], "provider") for t in chat.router.direct_targets()]
+    data += [_model_entry(t.id, [t.id], "provider") for t in chat.targets.direct_targets()]
     return {"object": "list", "data": data}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, chat: ChatDep) -> dict[str, Any]:
-    routes = chat.router.routes
+    routes = chat.targets.routes
     if model_id in routes:
         return _model_entry(model_id, [t.id for t in routes[model_id]], "route")
-    for t in chat.router.direct_targets():
+    for t in chat.targets.direct_targets():
         if t.id == model_id:
             return _model_entry(t.id, [t.id], "provider")
     raise ModelNotFound(f"No model is named '{model_id[:100]}'.")

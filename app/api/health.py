@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.api.deps import DatabaseDep, MetricsDep
+from app.api.deps import DatabaseDep, MetricsDep, SchemaErrorDep
 from app.store.migrate import schema_status
 
 router = APIRouter(tags=["operations"])
@@ -23,10 +23,10 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
+async def readyz(db: DatabaseDep, schema_error: SchemaErrorDep) -> JSONResponse:
     """Readiness: the store is reachable and migrated to head."""
     checks: dict[str, Any] = {}
-    reason: str | None = getattr(request.state, "schema_error", None)
+    reason = schema_error
     try:
         status = await schema_status(db)
         checks["database"] = "ok"

@@ -10,31 +10,23 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import DatabaseDep
-from app.lifecycle.component import STATE_KEY
+from app.api.deps import DatabaseDep, IdempotencyDep, IdempotencyKeyDep, LifecycleDep
+from app.api.idempotency import json_stored, to_response
 from app.lifecycle.manifest import Capability
 from app.lifecycle.progress import ProgressEvent
-from app.lifecycle.service import LifecycleService
 from app.lifecycle.storage import StorageConfig
 from app.store.database import Database
 from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
-from app.store.idempotency_http import IdempotencyDep, IdempotencyKeyDep, json_stored, to_response
 
 router = APIRouter(prefix="/v1/lifecycle", tags=["lifecycle"])
 
 HEARTBEAT_S = 15.0
 
 
-def get_lifecycle(request: Request) -> LifecycleService:
-    service: LifecycleService = getattr(request.state, STATE_KEY)
-    return service
-
-
-LifecycleDep = Annotated[LifecycleService, Depends(get_lifecycle)]
 DryRun = Annotated[bool, Query(description="answer what would happen; change nothing")]
 
 

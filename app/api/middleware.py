@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import BodyTooLarge, KeelError, PayloadTooLarge, Unauthorized, problem_response
 from app.errors import InternalError as InternalErrorProblem
 from app.observability.metrics import Metrics
+from app.state import set_request_id
 
 log = logging.getLogger("keel.http")
 
@@ -52,7 +53,7 @@ class KeelMiddleware:
         headers = _headers(scope)
         incoming = headers.get("x-request-id", "")
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        set_request_id(scope, request_id)
         path: str = scope["path"]
         started = time.perf_counter()
         status = 500

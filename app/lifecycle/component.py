@@ -31,11 +31,11 @@ from app.lifecycle.progress import ProgressHub
 from app.lifecycle.service import LifecycleService
 from app.lifecycle.storage import FreeSpace, StorageRoots, disk_free
 from app.lifecycle.transport import download_transport
-from app.settings import DownloadSettings, Settings
+from app.settings import DownloadSettings
+from app.store.component import Store
 
 log = logging.getLogger("keel.lifecycle")
 
-STATE_KEY = "lifecycle"
 USER_AGENT = "keel/0.1 (model downloader)"
 
 
@@ -91,12 +91,13 @@ class LifecycleComponent:
         self.rng = rng
         self.sleep = sleep or asyncio.sleep
 
-    def __call__(self, state: dict[str, Any]) -> AbstractAsyncContextManager[None]:
-        return self._lifespan(state)
+    def __call__(self, store: Store) -> AbstractAsyncContextManager[LifecycleService]:
+        return self._lifespan(store)
 
     @asynccontextmanager
-    async def _lifespan(self, state: dict[str, Any]) -> AsyncIterator[None]:
-        settings: Settings = state["settings"]
+    async def _lifespan(self, store: Store) -> AsyncIterator[LifecycleService]:
+        core = store.core
+        settings = core.settings
         ds = settings.downloads
         manifest = load_manifest(settings.models_manifest)
         pool = HashPool(ds.hash_threads, ds.chunk_bytes)
@@ -104,13 +105,11 @@ class LifecycleComponent:
         manager: DownloadManager | None = None
         reaper: asyncio.Task[None] | None = None
         try:
-            jobs = JobRepository(state["db"])
-            storage = StorageRoots(state["db"], settings.data_dir, self.free_space)
+            jobs = JobRepository(store.db)
+            storage = StorageRoots(store.db, settings.data_dir, self.free_space)
             hub = ProgressHub()
-            downloader = Downloader(
-                client, pool, ds, state["metrics"], sleep=self.sleep, rng=self.rng
-            )
-            tasks = state["tasks"]
+            downloader = Downloader(client, pool, ds, core.metrics, sleep=self.sleep, rng=self.rng)
+            tasks = core.tasks
 
             def spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
                 task: asyncio.Task[None] = tasks.spawn(coro, name=name)
@@ -123,16 +122,14 @@ class LifecycleComponent:
                 downloader=downloader,
                 hub=hub,
                 settings=ds,
-                metrics=state["metrics"],
-                timeline=state["timeline"],
+                metrics=core.metrics,
+                timeline=core.timeline,
                 spawn=spawn,
             )
             service = LifecycleService(
                 manager=manager, storage=storage, jobs=jobs, hub=hub, pool=pool, settings=ds
             )
-            state[STATE_KEY] = service
-            state["running_jobs"] = manager.running_jobs
-            if state.get("schema_error"):
+            if store.schema_error:
                 log.warning("database not migrated: downloads are not resumed")
             else:
                 await storage.load()
@@ -140,7 +137,7 @@ class LifecycleComponent:
                 manager.outcomes = await jobs.latest_finished()
                 await manager.resume_unfinished()
                 reaper = tasks.spawn(service.reap_forever(), name="lifecycle:reaper")
-            yield
+            yield service
         finally:
             if reaper is not None:
                 reaper.cancel()

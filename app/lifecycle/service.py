@@ -55,6 +55,10 @@ class LifecycleService:
 
     # -- views ----------------------------------------------------------------------------
 
+    def running_jobs(self) -> list[dict[str, Any]]:
+        """What ``/v1/diagnostics`` shows of the downloads in flight."""
+        return self.manager.running_jobs()
+
     def model_view(self, model: ModelSpec) -> dict[str, Any]:
         plan = self.manager.plan(model)
         run = self.manager.running.get(model.id)

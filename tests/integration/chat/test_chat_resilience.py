@@ -93,19 +93,16 @@ def test_outage_opens_breaker_fails_fast_then_recovers(
         statuses = [c.post("/v1/chat/completions", json=chat_body()).status_code for _ in range(5)]
         assert set(statuses) <= {502, 503}
         calls_during_outage = upstream.calls
-        fast: list[float] = []
+        # Failing fast is counted, not timed: not one of these reaches the upstream. (How
+        # fast "fast" is on a given machine is bench/'s business, not a test's.)
         for _ in range(50):
-            t0 = time.perf_counter()
             resp = c.post("/v1/chat/completions", json=chat_body())
-            fast.append(time.perf_counter() - t0)
             body = _problem(resp, 503, "circuit_open")
             assert int(resp.headers["retry-after"]) >= 1
             assert body["retry_after"] == int(resp.headers["retry-after"])
         assert upstream.calls == calls_during_outage  # nothing reached the upstream
         # 5 requests x 3 attempts at most; the retry budget's floor allows that much here.
         assert calls_during_outage <= 15
-        fast.sort()
-        assert fast[int(len(fast) * 0.99) - 1] < 0.020, fast[-5:]
         diag = c.get("/v1/diagnostics").json()
         assert diag["breakers"]["cloud"]["state"] == "open"
 

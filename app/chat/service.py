@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from app.chat.targets import Target, TargetResolver
 from app.errors import (
     CapabilityUnavailable,
     CircuitOpen,
@@ -28,7 +29,6 @@ from app.errors import (
 )
 from app.observability.metrics import Metrics
 from app.providers.base import ChatStream, Completion, Provider
-from app.providers.router import ModelRouter, Target
 from app.resilience.clock import Clock, MonotonicClock
 from app.resilience.deadline import Deadline
 from app.resilience.failures import UpstreamFailure
@@ -71,14 +71,14 @@ class ChatService:
     def __init__(
         self,
         settings: Settings,
-        router: ModelRouter,
+        targets: TargetResolver,
         providers: dict[str, Provider],
         guards: dict[str, ProviderGuard],
         metrics: Metrics,
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
-        self.router = router
+        self.targets = targets
         self.providers = providers
         self.guards = guards
         self.metrics = metrics

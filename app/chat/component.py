@@ -1,0 +1,53 @@
+"""The lifespan component that builds providers, their guards and the chat service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from app.chat.records import ChatRecords
+from app.chat.service import ChatService
+from app.chat.targets import TargetResolver
+from app.providers.base import Provider
+from app.providers.openai_http import OpenAIHTTPProvider
+from app.resilience.guard import ProviderGuard
+from app.store.component import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """The chat component's resources."""
+
+    service: ChatService
+    records: ChatRecords
+    guards: Mapping[str, ProviderGuard]
+
+
+@asynccontextmanager
+async def chat_component(store: Store) -> AsyncIterator[Chat]:
+    core = store.core
+    settings = core.settings
+    providers: dict[str, Provider] = {}
+    guards: dict[str, ProviderGuard] = {}
+    try:
+        for name, cfg in settings.providers.items():
+            if cfg.kind != "openai":
+                continue  # local models join through the runtime (later issue)
+            providers[name] = OpenAIHTTPProvider(name, cfg)
+            guards[name] = ProviderGuard.from_settings(
+                name,
+                cfg,
+                settings.resilience,
+                metrics=core.metrics,
+                timeline=core.timeline,
+            )
+        targets = TargetResolver(
+            settings.routes, {n: p.model_names() for n, p in providers.items()}
+        )
+        service = ChatService(settings, targets, providers, guards, core.metrics)
+        records = ChatRecords(store.db, store.conversations, store.idempotency)
+        yield Chat(service, records, guards)
+    finally:
+        for provider in providers.values():
+            await provider.aclose()

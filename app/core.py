@@ -1,4 +1,5 @@
-"""What exists before any lifespan component, and the one protocol every component follows.
+"""What exists before any lifespan component, the one protocol every component follows, and
+where a request's id lives in its scope.
 
 Components depend on this module only (not on ``app/state.py``, which names every part), so
 the store does not import the chat package through the wiring.
@@ -13,6 +14,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from starlette.types import Scope
+
 if TYPE_CHECKING:
     from app.observability.metrics import Metrics
     from app.observability.timeline import Timeline
@@ -23,6 +26,8 @@ log = logging.getLogger("keel")
 T = TypeVar("T")
 In_contra = TypeVar("In_contra", contravariant=True)
 Out_co = TypeVar("Out_co", covariant=True)
+
+_REQUEST_ID_KEY = "request_id"
 
 
 class Component(Protocol[In_contra, Out_co]):
@@ -67,3 +72,12 @@ class Core:
     metrics: Metrics
     timeline: Timeline
     tasks: TaskGroup
+
+
+def set_request_id(scope: Scope, request_id: str) -> None:
+    scope.setdefault("state", {})[_REQUEST_ID_KEY] = request_id
+
+
+def request_id(scope: Scope) -> str | None:
+    rid = scope.get("state", {}).get(_REQUEST_ID_KEY)
+    return rid if isinstance(rid, str) else None

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import HTTPConnection
-from starlette.types import Scope
 
 if TYPE_CHECKING:
     from app.chat.records import ChatRecords
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from app.store.idempotency import Idempotency
 
 _STATE_KEY = "keel"
-_REQUEST_ID_KEY = "request_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +64,3 @@ def state_of(lifespan: Mapping[str, Any]) -> AppState:
     """The ``AppState`` inside what the lifespan yielded (tests reach it this way)."""
     state: AppState = lifespan[_STATE_KEY]
     return state
-
-
-def set_request_id(scope: Scope, request_id: str) -> None:
-    scope.setdefault("state", {})[_REQUEST_ID_KEY] = request_id
-
-
-def request_id(scope: Scope) -> str | None:
-    rid = scope.get("state", {}).get(_REQUEST_ID_KEY)
-    return rid if isinstance(rid, str) else None

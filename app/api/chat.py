@@ -24,6 +24,7 @@ from app.chat.records import (
 from app.chat.relay import ClientDisconnected, EventStreamResponse, until_disconnect
 from app.chat.schemas import MAX_CONTENT_CHARS, ChatRequest, content_chars
 from app.chat.service import Answer
+from app.core import request_id as request_id_of
 from app.errors import (
     DeadlineExceeded,
     KeelError,
@@ -35,7 +36,6 @@ from app.errors import (
 from app.observability.metrics import Metrics
 from app.resilience.failures import UpstreamFailure
 from app.state import app_state
-from app.state import request_id as request_id_of
 from app.store.conversation_models import NewMessage
 from app.store.idempotency import Claim, StoredResponse
 

@@ -17,10 +17,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core import set_request_id
 from app.errors import BodyTooLarge, KeelError, PayloadTooLarge, Unauthorized, problem_response
 from app.errors import InternalError as InternalErrorProblem
 from app.observability.metrics import Metrics
-from app.state import set_request_id
 
 log = logging.getLogger("keel.http")
 

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from app.chat.records import ChatRecords
+from app.chat.resilience import build_guard
 from app.chat.service import ChatService
 from app.chat.targets import TargetResolver
 from app.providers.base import Provider
@@ -35,7 +36,7 @@ async def chat_component(store: Store) -> AsyncIterator[Chat]:
             if cfg.kind != "openai":
                 continue  # local models join through the runtime (later issue)
             providers[name] = OpenAIHTTPProvider(name, cfg)
-            guards[name] = ProviderGuard.from_settings(
+            guards[name] = build_guard(
                 name,
                 cfg,
                 settings.resilience,

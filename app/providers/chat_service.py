@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from app.chat.resilience import to_catalogue
 from app.errors import (
     CapabilityUnavailable,
     CircuitOpen,
@@ -31,6 +32,7 @@ from app.providers.base import ChatStream, Completion, Provider
 from app.providers.router import ModelRouter, Target
 from app.resilience.clock import Clock, MonotonicClock
 from app.resilience.deadline import Deadline
+from app.resilience.errors import DeadlinePassed, ResilienceError
 from app.resilience.failures import UpstreamFailure
 from app.resilience.guard import ProviderGuard
 from app.settings import Settings
@@ -169,6 +171,10 @@ class ChatService:
                 errors.append(mapped)
             except (CircuitOpen, Overloaded, RetryBudgetExhausted) as exc:
                 errors.append(exc)
+            except DeadlinePassed as exc:
+                raise to_catalogue(exc) from None
+            except ResilienceError as exc:  # a refusal: the next target may still answer
+                errors.append(to_catalogue(exc))
             except DeadlineExceeded:
                 raise
             log.info(

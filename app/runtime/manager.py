@@ -26,13 +26,14 @@ from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
 from app.resilience.breaker import CircuitBreaker
 from app.resilience.clock import Clock, MonotonicClock
+from app.resilience.config import BreakerConfig
 from app.runtime.loader import Loader
 from app.runtime.residency import keep_alive_left
 from app.runtime.slot import Generation, ModelSlot, current_request_id
 from app.runtime.states import ModelState, ModelStateMachine
 from app.runtime.supervisor import WorkerError, WorkerProcess
 from app.runtime.verify import StampStore
-from app.settings import BreakerSettings, RuntimeSettings
+from app.settings import RuntimeSettings
 
 log = logging.getLogger("keel.runtime")
 
@@ -48,9 +49,9 @@ def worker_argv() -> list[str]:
     return [sys.executable, "-m", "app.runtime.worker"]
 
 
-def runtime_breaker_config(settings: RuntimeSettings) -> BreakerSettings:
+def runtime_breaker_config(settings: RuntimeSettings) -> BreakerConfig:
     b = settings.breaker
-    return BreakerSettings(
+    return BreakerConfig(
         window="count",
         window_size=max(b.window_size, b.min_calls),
         min_calls=b.min_calls,

@@ -24,8 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from app.errors import CircuitOpen
 from app.resilience.breaker import BreakerState, CircuitBreaker, Permit
 from app.resilience.clock import Clock
+from app.resilience.errors import CallNotPermitted
 
 log = logging.getLogger("keel.runtime.states")
 
@@ -99,7 +101,15 @@ class ModelStateMachine:
         and ``InvalidTransition`` unless the model is at rest."""
         if self._base not in (ModelState.INSTALLED, ModelState.ERROR):
             raise InvalidTransition(f"cannot load from {self._base.value}")
-        permit = self.breaker.acquire()  # CircuitOpen carries the seconds until the trial
+        try:
+            permit = self.breaker.acquire()
+        except CallNotPermitted as exc:
+            wait = exc.retry_after
+            raise CircuitOpen(
+                f"Model '{self.model_id}' failed to load repeatedly; the next trial load is "
+                + (f"in {wait:.1f} s." if exc.state == "open" else "running."),
+                retry_after=wait if wait is not None else 1.0,
+            ) from None
         self.generation += 1
         self._set(ModelState.LOADING, "load requested")
         return LoadTicket(self.generation, permit, self._clock.now())

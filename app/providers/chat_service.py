@@ -21,10 +21,14 @@ from app.errors import (
     DeadlineExceeded,
     KeelError,
     Overloaded,
+    RateLimited,
     RetryBudgetExhausted,
+    UpstreamAuthFailed,
     UpstreamError,
+    UpstreamNotFound,
     UpstreamRejected,
     UpstreamTimeout,
+    UpstreamUnprocessable,
 )
 from app.observability.metrics import Metrics
 from app.providers.base import ChatStream, Completion, Provider
@@ -163,38 +167,24 @@ class ChatService:
                 return answer
             except UpstreamFailure as exc:
                 attempts += exc.attempts
-                mapped = self._map_failure(exc, deadline)
+                mapped = upstream_error(exc, deadline, target)
                 if isinstance(mapped, UpstreamRejected | DeadlineExceeded):
-                    raise mapped from exc
+                    raise _costed(mapped, attempts) from exc
                 errors.append(mapped)
             except (CircuitOpen, Overloaded, RetryBudgetExhausted) as exc:
                 errors.append(exc)
-            except DeadlineExceeded:
+            except DeadlineExceeded as exc:
+                _costed(exc, attempts)
                 raise
             log.info(
                 "target failed, falling back", extra={"target": target.id, "code": errors[-1].code}
             )
         if deadline.expired:
-            raise DeadlineExceeded("The request deadline passed before any target answered.")
-        raise self._final_error(errors)
-
-    @staticmethod
-    def _map_failure(exc: UpstreamFailure, deadline: Deadline) -> KeelError:
-        if deadline.expired:
-            return DeadlineExceeded("The request deadline passed before the provider answered.")
-        if exc.caller_error:
-            return UpstreamRejected(
-                f"The provider rejected the request (HTTP {exc.status_code}).",
-                extra={"upstream_status": exc.status_code},
+            raise _costed(
+                DeadlineExceeded("The request deadline passed before any target answered."),
+                attempts,
             )
-        if exc.reason == "timeout":
-            return UpstreamTimeout("The provider did not answer in time.")
-        detail = (
-            f"The provider failed (HTTP {exc.status_code})."
-            if exc.status_code
-            else "The provider could not be reached."
-        )
-        return UpstreamError(detail, retry_after=exc.retry_after)
+        raise _costed(self._final_error(errors), attempts)
 
     @staticmethod
     def _final_error(errors: list[KeelError]) -> KeelError:
@@ -203,9 +193,55 @@ class ChatService:
         if errors and all(isinstance(e, CircuitOpen) for e in errors):
             wait = min(e.retry_after or 1.0 for e in errors)
             return CircuitOpen("Every target's circuit is open.", retry_after=wait)
+        if errors and all(isinstance(e, RateLimited) for e in errors):
+            waits = [e.retry_after for e in errors if e.retry_after]
+            return RateLimited(
+                "Every provider for this model is rate limiting Keel.",
+                retry_after=min(waits) if waits else None,
+            )
         waits = [e.retry_after for e in errors if e.retry_after]
         return CapabilityUnavailable(
             "No target could answer this request.",
             retry_after=min(waits) if waits else 1.0,
             extra={"causes": sorted({e.code for e in errors})},
         )
+
+
+def _costed(exc: KeelError, attempts: int) -> KeelError:
+    """Tell the caller what the failure cost upstream, so it can see Keel already retried."""
+    exc.headers.setdefault("X-Keel-Attempts", str(attempts))
+    return exc
+
+
+def upstream_error(exc: UpstreamFailure, deadline: Deadline, target: Target) -> KeelError:
+    """The one translation of a provider's failure (after Keel's own retries) into the
+    catalogue, keeping the status meaning the official SDKs rely on: a 429 stays 429, a 404
+    stays 404; the provider's own text never reaches the caller, its blamed ``param`` may."""
+    if deadline.expired:
+        return DeadlineExceeded("The request deadline passed before the provider answered.")
+    status = exc.status_code
+    who = f"Provider target '{target.id}'"
+    if status == 429:
+        return RateLimited(
+            f"{who} is rate limiting Keel (HTTP 429) after Keel's retries.",
+            retry_after=exc.retry_after,
+        )
+    if status in (401, 403):
+        return UpstreamAuthFailed(
+            f"{who} refused Keel's credentials (HTTP {status}); check its api_key_env."
+        )
+    if exc.caller_error:
+        rejected = {404: UpstreamNotFound, 422: UpstreamUnprocessable}.get(
+            status or 400, UpstreamRejected
+        )
+        return rejected(
+            f"{who} rejected the request (HTTP {status})"
+            + (f"; it named the field '{exc.param}'." if exc.param else "."),
+            param=exc.param,
+            extra={"upstream_status": status},
+        )
+    if exc.reason == "timeout":
+        return UpstreamTimeout(f"{who} did not answer in time.")
+    if status:
+        return UpstreamError(f"{who} failed (HTTP {status}).", retry_after=exc.retry_after)
+    return UpstreamError(f"{who} could not be reached ({exc.reason}).")

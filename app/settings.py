@@ -29,6 +29,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from app.resilience.config import BreakerConfig, RetryConfig
+
 DEFAULT_CONFIG_FILE = Path("keel.toml")
 
 
@@ -43,11 +45,15 @@ class RetrySettings(_Section):
     budget_ratio: float = Field(0.2, ge=0, le=1, description="retries / requests over 10 s")
     budget_min_per_s: float = Field(10, ge=0, le=10_000, description="retry floor per second")
 
+    def to_config(self) -> RetryConfig:
+        return RetryConfig(**self.model_dump())
+
 
 class BreakerSettings(_Section):
+    # Defaults chosen so independent errors up to 30 % do not trip it (docs/resilience.md).
     window: Literal["count", "time"] = "count"
-    window_size: int = Field(20, ge=1, le=10_000)
-    min_calls: int = Field(10, ge=1, le=10_000)
+    window_size: int = Field(200, ge=1, le=10_000)
+    min_calls: int = Field(100, ge=1, le=10_000)
     failure_rate: float = Field(0.5, gt=0, le=1)
     slow_call_s: float = Field(30.0, gt=0)
     slow_call_rate: float = Field(1.0, gt=0, le=1)
@@ -60,6 +66,9 @@ class BreakerSettings(_Section):
         if self.open_max_s < self.open_s:
             raise ValueError("open_max_s must be >= open_s")
         return self
+
+    def to_config(self) -> BreakerConfig:
+        return BreakerConfig(**self.model_dump())
 
 
 class ResilienceSettings(_Section):

@@ -101,6 +101,24 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.throttle_pauses = Counter(
+            "keel_throttle_pauses_total",
+            "Rate-limit answers (429) that paused new work to a provider",
+            ["provider"],
+            registry=r,
+        )
+        self.probes = Counter(
+            "keel_probes_total",
+            "Active probes of a provider whose breaker is open, by outcome",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.hedges = Counter(
+            "keel_hedges_total",
+            "Hedged attempts by the provider hedged to and outcome (started, won, lost)",
+            ["provider", "outcome"],
+            registry=r,
+        )
 
         # Store
         self.idempotent_replays = Counter(

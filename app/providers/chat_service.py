@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from app.chat.resilience import to_catalogue, upstream_error
 from app.errors import (
     CapabilityUnavailable,
     CircuitOpen,
@@ -23,18 +24,14 @@ from app.errors import (
     Overloaded,
     RateLimited,
     RetryBudgetExhausted,
-    UpstreamAuthFailed,
-    UpstreamError,
-    UpstreamNotFound,
     UpstreamRejected,
-    UpstreamTimeout,
-    UpstreamUnprocessable,
 )
 from app.observability.metrics import Metrics
 from app.providers.base import ChatStream, Completion, Provider
 from app.providers.router import ModelRouter, Target
 from app.resilience.clock import Clock, MonotonicClock
 from app.resilience.deadline import Deadline
+from app.resilience.errors import DeadlinePassed, ResilienceError
 from app.resilience.failures import UpstreamFailure
 from app.resilience.guard import ProviderGuard
 from app.settings import Settings
@@ -167,12 +164,16 @@ class ChatService:
                 return answer
             except UpstreamFailure as exc:
                 attempts += exc.attempts
-                mapped = upstream_error(exc, deadline, target)
+                mapped = upstream_error(exc, deadline, target.id)
                 if isinstance(mapped, UpstreamRejected | DeadlineExceeded):
                     raise _costed(mapped, attempts) from exc
                 errors.append(mapped)
             except (CircuitOpen, Overloaded, RetryBudgetExhausted) as exc:
                 errors.append(exc)
+            except DeadlinePassed as exc:
+                raise _costed(to_catalogue(exc), attempts) from None
+            except ResilienceError as exc:  # a refusal: the next target may still answer
+                errors.append(to_catalogue(exc))
             except DeadlineExceeded as exc:
                 _costed(exc, attempts)
                 raise
@@ -211,37 +212,3 @@ def _costed(exc: KeelError, attempts: int) -> KeelError:
     """Tell the caller what the failure cost upstream, so it can see Keel already retried."""
     exc.headers.setdefault("X-Keel-Attempts", str(attempts))
     return exc
-
-
-def upstream_error(exc: UpstreamFailure, deadline: Deadline, target: Target) -> KeelError:
-    """The one translation of a provider's failure (after Keel's own retries) into the
-    catalogue, keeping the status meaning the official SDKs rely on: a 429 stays 429, a 404
-    stays 404; the provider's own text never reaches the caller, its blamed ``param`` may."""
-    if deadline.expired:
-        return DeadlineExceeded("The request deadline passed before the provider answered.")
-    status = exc.status_code
-    who = f"Provider target '{target.id}'"
-    if status == 429:
-        return RateLimited(
-            f"{who} is rate limiting Keel (HTTP 429) after Keel's retries.",
-            retry_after=exc.retry_after,
-        )
-    if status in (401, 403):
-        return UpstreamAuthFailed(
-            f"{who} refused Keel's credentials (HTTP {status}); check its api_key_env."
-        )
-    if exc.caller_error:
-        rejected = {404: UpstreamNotFound, 422: UpstreamUnprocessable}.get(
-            status or 400, UpstreamRejected
-        )
-        return rejected(
-            f"{who} rejected the request (HTTP {status})"
-            + (f"; it named the field '{exc.param}'." if exc.param else "."),
-            param=exc.param,
-            extra={"upstream_status": status},
-        )
-    if exc.reason == "timeout":
-        return UpstreamTimeout(f"{who} did not answer in time.")
-    if status:
-        return UpstreamError(f"{who} failed (HTTP {status}).", retry_after=exc.retry_after)
-    return UpstreamError(f"{who} could not be reached ({exc.reason}).")

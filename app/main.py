@@ -21,9 +21,9 @@ from fastapi import FastAPI
 from app.api import chat, conversations, diagnostics, health
 from app.api import lifecycle as lifecycle_api
 from app.api.middleware import KeelMiddleware
-from app.chat.component import Chat, chat_component
+from app.api.problems import install_error_handlers
+from app.chat.component import Chat, ChatComponent
 from app.core import Component, Core, TaskGroup
-from app.errors import install_error_handlers
 from app.lifecycle.component import LifecycleComponent
 from app.lifecycle.service import LifecycleService
 from app.observability.logging import configure_logging
@@ -42,7 +42,7 @@ class Components:
 
     store: Component[Core, Store] = store_component
     lifecycle: Component[Store, LifecycleService] = field(default_factory=LifecycleComponent)
-    chat: Component[Store, Chat] = chat_component
+    chat: Component[Store, Chat] = field(default_factory=ChatComponent)
 
 
 def create_app(

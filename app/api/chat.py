@@ -3,7 +3,6 @@ answers, ChatRecords what the turn leaves behind."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +14,7 @@ from pydantic import ValidationError
 
 from app.api.deps import ChatDep
 from app.api.idempotency import idempotency_request, to_response
+from app.api.problems import error_event
 from app.chat.records import (
     ChatRecords,
     StreamTranscript,
@@ -215,16 +215,12 @@ async def _relay(
             "stream failed after it started", extra={"request_id": request_id, "reason": exc.reason}
         )
         problem = UpstreamError("The provider's stream failed before it finished.")
-        yield _error_event(problem, request_id)
+        yield error_event(problem, request_id)
     except KeelError as exc:
-        yield _error_event(exc, request_id)
+        yield error_event(exc, request_id)
     finally:
         if recording and not finished:
             await records.abandon(claim)
-
-
-def _error_event(exc: KeelError, request_id: str) -> bytes:
-    return b"event: error\ndata: " + json.dumps(exc.problem(request_id)).encode() + b"\n\n"
 
 
 @router.get("/v1/models")

@@ -17,9 +17,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.problems import BodyTooLarge, problem_response
 from app.core import set_request_id
-from app.errors import BodyTooLarge, KeelError, PayloadTooLarge, Unauthorized, problem_response
 from app.errors import InternalError as InternalErrorProblem
+from app.errors import KeelError, PayloadTooLarge, Unauthorized
 from app.observability.metrics import Metrics
 
 log = logging.getLogger("keel.http")

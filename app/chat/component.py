@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 from app.chat.records import ChatRecords
@@ -12,6 +12,7 @@ from app.chat.service import ChatService
 from app.chat.targets import TargetResolver
 from app.providers.base import Provider
 from app.providers.openai_http import OpenAIHTTPProvider
+from app.resilience.clock import Clock
 from app.resilience.guard import ProviderGuard
 from app.store.component import Store
 
@@ -25,8 +26,18 @@ class Chat:
     guards: Mapping[str, ProviderGuard]
 
 
+class ChatComponent:
+    """Tests inject the guards' clock: ``ChatComponent(clock=...)``."""
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self.clock = clock
+
+    def __call__(self, store: Store) -> AbstractAsyncContextManager[Chat]:
+        return _chat(store, self.clock)
+
+
 @asynccontextmanager
-async def chat_component(store: Store) -> AsyncIterator[Chat]:
+async def _chat(store: Store, clock: Clock | None) -> AsyncIterator[Chat]:
     core = store.core
     settings = core.settings
     providers: dict[str, Provider] = {}
@@ -42,6 +53,7 @@ async def chat_component(store: Store) -> AsyncIterator[Chat]:
                 settings.resilience,
                 metrics=core.metrics,
                 timeline=core.timeline,
+                clock=clock,
             )
         targets = TargetResolver(
             settings.routes, {n: p.model_names() for n, p in providers.items()}

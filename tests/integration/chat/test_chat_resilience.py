@@ -11,7 +11,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from app.chat.component import ChatComponent
+from app.main import Components
 from app.settings import Settings
+from tests.fakes.clock import SteppedClock
 from tests.fakes.servers import ServerThread
 from tests.fakes.upstream import MARKER, FakeUpstream
 from tests.integration.chat.conftest import API_KEY, chat_body, dead_url, provider
@@ -76,18 +79,30 @@ def test_429_retry_after_beyond_deadline_fails_at_once(
     started = time.monotonic()
     with httpx.Client(base_url=keel.url, timeout=10) as c:
         resp = c.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-Timeout": "2"})
-    assert resp.status_code in (502, 503), resp.text
+    # The provider's 429 keeps its meaning (the SDKs raise RateLimitError) and its wait.
+    assert resp.status_code == 429, resp.text
+    assert resp.json()["code"] == "rate_limited"
+    assert resp.headers["retry-after"] == "30"
+    assert resp.headers["x-should-retry"] == "false"  # Keel already decided not to retry
     assert time.monotonic() - started < 1.0
     assert upstream.calls == 1
 
 
 def test_outage_opens_breaker_fails_fast_then_recovers(
     chat_settings: Callable[..., Settings],
-    serve: Callable[[Settings], ServerThread],
+    serve: Callable[..., ServerThread],
     upstream: FakeUpstream,
 ) -> None:
-    cfg = provider(upstream.base_url, breaker={"min_calls": 5, "window_size": 10, "open_s": 0.5})
-    keel = serve(chat_settings(providers={"cloud": cfg}))
+    # The breaker stays open until the test moves the guards' clock past open_s: however slow
+    # the machine, no request below can find it half-open early.
+    cfg = provider(
+        upstream.base_url,
+        breaker={"min_calls": 5, "window_size": 10, "open_s": 30, "open_max_s": 60},
+    )
+    clock = SteppedClock()
+    keel = serve(
+        chat_settings(providers={"cloud": cfg}), Components(chat=ChatComponent(clock=clock))
+    )
     upstream.faults.down = True
     with httpx.Client(base_url=keel.url, timeout=10) as c:
         statuses = [c.post("/v1/chat/completions", json=chat_body()).status_code for _ in range(5)]
@@ -107,7 +122,7 @@ def test_outage_opens_breaker_fails_fast_then_recovers(
         assert diag["breakers"]["cloud"]["state"] == "open"
 
         upstream.faults.down = False
-        time.sleep(0.6)  # the breaker's open_s in real time: this test runs a real server
+        clock.step(31)
         resp = c.post("/v1/chat/completions", json=chat_body())
         assert resp.status_code == 200, resp.text
         assert c.get("/v1/diagnostics").json()["breakers"]["cloud"]["state"] == "closed"

@@ -29,6 +29,9 @@ Hierarchy::
      ├── DownloadFailed             502 download_failed
      ├── MemoryBudgetExceeded       507 memory_budget_exceeded
      ├── DataCorrupted              500 data_corrupted
+     ├── StorageUnavailable         503 storage_unavailable    (a storage root, not the database)
+     ├── SchemaNotReady             503 schema_not_ready       (database not migrated to head)
+     ├── DatabaseUnavailable        503 database_unavailable   (unreachable, connection lost)
      └── InternalError              500 internal_error
 
 ``detail`` is written for the caller. It never carries exception text, paths, SQL, upstream
@@ -217,6 +220,19 @@ class MemoryBudgetExceeded(KeelError):
 
 class DataCorrupted(KeelError):
     code, status_code, title = "data_corrupted", 500, "Stored data failed its integrity check"
+
+
+class StorageUnavailable(KeelError):
+    code, status_code, title, retryable = "storage_unavailable", 503, "Storage unavailable", True
+
+
+class SchemaNotReady(KeelError):
+    code, status_code, retryable = "schema_not_ready", 503, True
+    title = "The database schema is not migrated"
+
+
+class DatabaseUnavailable(KeelError):
+    code, status_code, title, retryable = "database_unavailable", 503, "Database unavailable", True
 
 
 class InternalError(KeelError):

@@ -20,14 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.edge import HEADERS as EDGE_HEADERS
 from app.api.edge import EdgePolicy, Preflight, Verdict
-from app.errors import (
-    BadRequest,
-    BodyTooLarge,
-    KeelError,
-    PayloadTooLarge,
-    Unauthorized,
-    problem_response,
-)
+from app.api.problems import BodyTooLarge, problem_response
+from app.errors import BadRequest, KeelError, PayloadTooLarge, Unauthorized
 from app.errors import InternalError as InternalErrorProblem
 from app.observability.metrics import Metrics
 

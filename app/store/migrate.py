@@ -59,7 +59,7 @@ async def upgrade_to_head(db: Database) -> None:
             conn.info["begin_mode"] = "IMMEDIATE"  # read by Database's "begin" listener
         # One transaction around every step: Alembic then leaves transactions to us instead of
         # committing after each migration on SQLite (no transactional DDL there, it says).
-        await conn.begin()
+        _ = await conn.begin()
         if not db.is_sqlite:
             # Released by the COMMIT below (or the rollback if the upgrade fails).
             await conn.execute(

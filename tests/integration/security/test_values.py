@@ -149,5 +149,5 @@ async def test_storage_paths_beyond_file_system_limits(
 def test_check_json_accepts_plain_json() -> None:
     check_json({"a": [1, 2.5, -(2**63), 2**63 - 1, "é", None, True, {"b": "🙂"}]})
     for bad in (float("nan"), 2**63, {"x": object()}, {1: "int key"}):
-        with pytest.raises(ValueError, match="must|numbers|integers|keys|nests"):
+        with pytest.raises(ValueError, match=r"must|numbers|integers|keys|nests"):
             check_json(bad)

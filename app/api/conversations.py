@@ -33,6 +33,7 @@ from app.store.conversation_models import FieldChanges, NewMessage
 from app.store.conversations import ConversationService
 from app.store.database import Database
 from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
+from app.values import Version
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
@@ -162,7 +163,7 @@ async def get_conversation(
     conversation_id: str,
     store: StoreDep,
     if_none_match: IfNoneMatch = None,
-    since_version: Annotated[int | None, Query(ge=0)] = None,
+    since_version: Annotated[Version | None, Query()] = None,
 ) -> Response:
     async with store.db.read() as conn:
         head = await store.conversations.head(conn, conversation_id)

@@ -44,10 +44,6 @@ async def get_db(state: StateDep) -> Database:
     return state.db
 
 
-async def get_schema_error(state: StateDep) -> str | None:
-    return state.schema_error
-
-
 async def get_idempotency(state: StateDep) -> Idempotency:
     return state.idempotency
 
@@ -71,7 +67,6 @@ async def get_lifecycle(state: StateDep) -> LifecycleService:
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 TimelineDep = Annotated[Timeline, Depends(get_timeline)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
-SchemaErrorDep = Annotated[str | None, Depends(get_schema_error)]
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
 IdempotencyKeyDep = Annotated[IdempotencyRequest | None, Depends(idempotency_request)]
 ConversationsDep = Annotated[ConversationService, Depends(get_conversations)]

@@ -21,6 +21,7 @@ from app.lifecycle.progress import ProgressEvent
 from app.lifecycle.storage import StorageConfig
 from app.store.database import Database
 from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
+from app.values import StoragePath
 
 router = APIRouter(prefix="/v1/lifecycle", tags=["lifecycle"])
 
@@ -42,8 +43,8 @@ class StorageRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    root: str | None = Field(None, max_length=4096)
-    overrides: dict[Capability, str] = Field(default_factory=dict, max_length=8)
+    root: StoragePath | None = None
+    overrides: dict[Capability, StoragePath] = Field(default_factory=dict, max_length=8)
     create: bool = False
 
 

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from app.api import chat, conversations, diagnostics, health
 from app.api import lifecycle as lifecycle_api
 from app.api.middleware import KeelMiddleware
-from app.errors import install_error_handlers
+from app.api.problems import install_error_handlers
 from app.lifecycle.component import LifecycleComponent
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics

@@ -17,8 +17,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BodyTooLarge, KeelError, PayloadTooLarge, Unauthorized, problem_response
+from app.api.problems import BodyTooLarge, problem_response
 from app.errors import InternalError as InternalErrorProblem
+from app.errors import KeelError, PayloadTooLarge, Unauthorized
 from app.observability.metrics import Metrics
 
 log = logging.getLogger("keel.http")

@@ -6,19 +6,33 @@
 - ``guard_config`` / ``build_guard``: a provider's effective settings as a ``GuardConfig``;
 - ``ChatObserver``: the guard's reports as metrics and timeline entries;
 - ``classify``: the kit's classifier, extended to the catalogue errors an operation may raise;
-- ``to_catalogue``: the kit's refusals as the errors a caller sees.
+- ``to_catalogue``: the kit's refusals as the errors a caller sees;
+- ``upstream_error``: a provider's failure, after the kit's retries, as the error a caller sees.
 """
 
 from __future__ import annotations
 
 import random
 
-from app.errors import CircuitOpen, DeadlineExceeded, KeelError, Overloaded
+from app.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    KeelError,
+    Overloaded,
+    RateLimited,
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnprocessable,
+)
 from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
 from app.resilience import failures
 from app.resilience.clock import Clock
 from app.resilience.config import GuardConfig
+from app.resilience.deadline import Deadline
 from app.resilience.errors import (
     CallNotPermitted,
     DeadlinePassed,
@@ -26,7 +40,7 @@ from app.resilience.errors import (
     ResilienceError,
     Throttled,
 )
-from app.resilience.failures import Classification
+from app.resilience.failures import Classification, UpstreamFailure
 from app.resilience.guard import ProviderGuard
 from app.settings import (
     ProviderSettings,
@@ -53,11 +67,48 @@ def to_catalogue(exc: ResilienceError) -> KeelError:
     """The catalogue error a caller sees for one of the kit's refusals."""
     if isinstance(exc, CallNotPermitted):
         return CircuitOpen(exc.message, retry_after=exc.retry_after)
-    if isinstance(exc, QueueFull | Throttled):
+    if isinstance(exc, Throttled):
+        # The provider's own 429 pause: keep its meaning, so the SDKs raise RateLimitError.
+        return RateLimited(exc.message, retry_after=exc.retry_after)
+    if isinstance(exc, QueueFull):
         return Overloaded(exc.message, retry_after=exc.retry_after)
     if isinstance(exc, DeadlinePassed):
         return DeadlineExceeded(exc.message)
     return KeelError(exc.message, retry_after=exc.retry_after)
+
+
+def upstream_error(exc: UpstreamFailure, deadline: Deadline, target: str) -> KeelError:
+    """The one translation of a provider's failure (after Keel's own retries) into the
+    catalogue, keeping the status meaning the official SDKs rely on: a 429 stays 429, a 404
+    stays 404; the provider's own text never reaches the caller, its blamed ``param`` may."""
+    if deadline.expired:
+        return DeadlineExceeded("The request deadline passed before the provider answered.")
+    status = exc.status_code
+    who = f"Provider target '{target}'"
+    if status == 429:
+        return RateLimited(
+            f"{who} is rate limiting Keel (HTTP 429) after Keel's retries.",
+            retry_after=exc.retry_after,
+        )
+    if status in (401, 403):
+        return UpstreamAuthFailed(
+            f"{who} refused Keel's credentials (HTTP {status}); check its api_key_env."
+        )
+    if exc.caller_error:
+        rejected = {404: UpstreamNotFound, 422: UpstreamUnprocessable}.get(
+            status or 400, UpstreamRejected
+        )
+        return rejected(
+            f"{who} rejected the request (HTTP {status})"
+            + (f"; it named the field '{exc.param}'." if exc.param else "."),
+            param=exc.param,
+            extra={"upstream_status": status},
+        )
+    if exc.reason == "timeout":
+        return UpstreamTimeout(f"{who} did not answer in time.")
+    if status:
+        return UpstreamError(f"{who} failed (HTTP {status}).", retry_after=exc.retry_after)
+    return UpstreamError(f"{who} could not be reached ({exc.reason}).")
 
 
 def guard_config(

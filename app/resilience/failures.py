@@ -42,6 +42,7 @@ class UpstreamFailure(Exception):
         retry_after: float | None = None,
         committed: bool = False,
         message: str | None = None,
+        param: str | None = None,
     ) -> None:
         if reason is None:
             reason = f"status_{status_code}" if status_code is not None else "error"
@@ -50,6 +51,7 @@ class UpstreamFailure(Exception):
         self.status_code = status_code
         self.retry_after = retry_after
         self.committed = committed
+        self.param = param  # the request field the upstream blamed (a short identifier)
         self.attempts = 1  # set by the retrier to the attempts made before giving up
 
     @property

@@ -268,7 +268,7 @@ class Settings(BaseSettings):
             if route not in self.routes:
                 raise ValueError(f"resilience.hedge.{route}: names no route")
             if delay != "p95" and not 0 < delay <= 3600:
-                raise ValueError(f"resilience.hedge.{route}: seconds in (0, 3600] or \"p95\"")
+                raise ValueError(f'resilience.hedge.{route}: seconds in (0, 3600] or "p95"')
         if sum(1 for p in self.providers.values() if p.kind == "local") > 1:
             raise ValueError('providers: at most one provider may have kind = "local"')
         for name, p in self.providers.items():

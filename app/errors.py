@@ -31,6 +31,7 @@ Hierarchy::
      ├── ChecksumMismatch           422 checksum_mismatch
      ├── InsufficientStorage        507 insufficient_storage
      ├── DownloadFailed             502 download_failed
+     ├── ModelLoadFailed            503 model_load_failed
      ├── MemoryBudgetExceeded       507 memory_budget_exceeded
      ├── DataCorrupted              500 data_corrupted
      └── InternalError              500 internal_error
@@ -266,6 +267,10 @@ class InsufficientStorage(KeelError):
 
 class DownloadFailed(KeelError):
     code, status_code, title, retryable = "download_failed", 502, "Download failed", True
+
+
+class ModelLoadFailed(KeelError):
+    code, status_code, title, retryable = "model_load_failed", 503, "Model failed to load", True
 
 
 class MemoryBudgetExceeded(KeelError):

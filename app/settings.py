@@ -32,6 +32,9 @@ from pydantic_settings import (
 from app.resilience.config import BreakerConfig, RetryConfig
 
 DEFAULT_CONFIG_FILE = Path("keel.toml")
+# The local runtime's provider name when keel.toml declares no provider of kind "local":
+# routes may always name local models as ``local/<model id>``.
+LOCAL_PROVIDER = "local"
 
 
 class _Section(BaseModel):
@@ -144,6 +147,50 @@ class DownloadSettings(_Section):
     reap_interval_s: float = Field(3600.0, gt=0, description="stale partial sweep period")
 
 
+class RuntimeBreakerSettings(_Section):
+    """The model-initialisation breaker (DESIGN §5 semantics, over load attempts)."""
+
+    min_calls: int = Field(2, ge=1, le=100, description="load attempts before the rate counts")
+    failure_rate: float = Field(0.5, gt=0, le=1, description="failed loads / loads that opens it")
+    window_size: int = Field(4, ge=1, le=100, description="last load attempts evaluated")
+    open_s: float = Field(10.0, gt=0, description="first cooldown; doubles on consecutive re-opens")
+    open_max_s: float = Field(300.0, gt=0, description="longest cooldown")
+
+    @model_validator(mode="after")
+    def _open_bounds(self) -> RuntimeBreakerSettings:
+        if self.open_max_s < self.open_s:
+            raise ValueError("open_max_s must be >= open_s")
+        return self
+
+
+class RuntimeSettings(_Section):
+    """Local models: one supervised llama.cpp worker process per loaded model."""
+
+    keep_alive_s: float = Field(
+        300.0, ge=0, le=7 * 86_400, description="unload a model idle this long; 0 = after each use"
+    )
+    max_loaded: int = Field(2, ge=1, le=64, description="models resident at once")
+    memory_budget_mb: int = Field(
+        4096, ge=1, description="hard limit for all resident models' memory (estimate, then RSS)"
+    )
+    n_threads: int = Field(1, ge=1, le=256, description="threads per worker")
+    n_ctx: int = Field(2048, ge=128, le=1_048_576, description="context length in tokens")
+    load_timeout_s: float = Field(60.0, gt=0, le=3600, description="whole load")
+    load_stall_s: float = Field(
+        15.0, gt=0, le=3600, description="no load progress and no stderr this long -> killed"
+    )
+    token_stall_s: float = Field(
+        10.0, gt=0, le=3600, description="no token this long mid-generation -> worker killed"
+    )
+    max_queue_wait_s: float = Field(
+        5.0, ge=0, le=600, description="wait for the model's one generation slot, then 503"
+    )
+    stop_grace_s: float = Field(
+        5.0, gt=0, le=600, description="after shutdown/SIGTERM, wait this long before SIGKILL"
+    )
+    breaker: RuntimeBreakerSettings = RuntimeBreakerSettings()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="KEEL_",
@@ -170,6 +217,7 @@ class Settings(BaseSettings):
     routes: dict[str, list[str]] = Field(default_factory=dict)
     store: StoreSettings = StoreSettings()
     downloads: DownloadSettings = DownloadSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
 
     @field_validator("api_token")
     @classmethod
@@ -193,10 +241,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"routes.{route}: needs at least one target")
             for target in targets:
                 provider, sep, model = target.partition("/")
-                if not sep or not model or provider not in self.providers:
+                known = provider in self.providers or provider == LOCAL_PROVIDER
+                if not sep or not model or not known:
                     raise ValueError(
                         f"routes.{route}: target {target!r} names no configured provider"
                     )
+        if sum(1 for p in self.providers.values() if p.kind == "local") > 1:
+            raise ValueError('providers: at most one provider may have kind = "local"')
         for name, p in self.providers.items():
             # ConfigError is not a ValueError: pydantic lets it through with its one-line text.
             effective_retry(self.resilience.retry, p.retry, provider=name)

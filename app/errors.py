@@ -10,6 +10,10 @@ Hierarchy::
      │    └── ModelNotFound         404 model_not_found
      ├── MethodNotAllowed           405 method_not_allowed
      ├── PayloadTooLarge            413 payload_too_large
+     ├── RequestTimeout             408 request_timeout
+     ├── OriginNotAllowed           403 origin_not_allowed
+     ├── UnsupportedMediaType       415 unsupported_media_type
+     ├── HostNotAllowed             421 host_not_allowed
      ├── VersionConflict            409 version_conflict       (+ current_version)
      ├── PreconditionFailed         412 precondition_failed    (+ current_version)
      ├── PreconditionRequired       428 precondition_required  (+ current_version)
@@ -166,6 +170,22 @@ class MethodNotAllowed(KeelError):
 
 class PayloadTooLarge(KeelError):
     code, status_code, title = "payload_too_large", 413, "Payload too large"
+
+
+class RequestTimeout(KeelError):
+    code, status_code, title, retryable = "request_timeout", 408, "Request timeout", True
+
+
+class OriginNotAllowed(KeelError):
+    code, status_code, title = "origin_not_allowed", 403, "Cross-origin request refused"
+
+
+class UnsupportedMediaType(KeelError):
+    code, status_code, title = "unsupported_media_type", 415, "Unsupported media type"
+
+
+class HostNotAllowed(KeelError):
+    code, status_code, title = "host_not_allowed", 421, "Host not allowed"
 
 
 class VersionConflict(KeelError):

@@ -8,10 +8,11 @@ default in ``.env.example``; the TOML-only tables (providers, routes) are docume
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -24,11 +25,13 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from app.observability.redact import redact_url
 from app.resilience.config import BreakerConfig, RetryConfig
 
 DEFAULT_CONFIG_FILE = Path("keel.toml")
@@ -211,6 +214,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     timeline_size: int = Field(500, ge=10, le=100_000)
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)
 
     resilience: ResilienceSettings = ResilienceSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
@@ -224,6 +231,17 @@ class Settings(BaseSettings):
     def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and len(v.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
+        return v
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        # Environment values are comma-separated (a JSON list also works).
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
         return v
 
     @model_validator(mode="after")
@@ -253,6 +271,17 @@ class Settings(BaseSettings):
             effective_retry(self.resilience.retry, p.retry, provider=name)
             effective_breaker(self.resilience.breaker, p.breaker, provider=name)
         return self
+
+    @property
+    def effective_allowed_hosts(self) -> list[str]:
+        """``KEEL_ALLOWED_HOSTS``, else the loopback names and the bind address."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        hosts = ["localhost", "127.0.0.1", "::1"]
+        bind = self.host.strip("[]").lower()
+        if bind not in hosts and bind not in ("0.0.0.0", "::", ""):  # noqa: S104  # a wildcard bind names no host
+            hosts.append(bind)
+        return hosts
 
     @property
     def effective_database_url(self) -> str:
@@ -349,15 +378,8 @@ def redacted_dump(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     if settings.api_token is not None:
         data["api_token"] = "**********"  # noqa: S105  # the redaction mask
-    data["database_url"] = _redact_url(settings.effective_database_url)
+    data["database_url"] = redact_url(settings.effective_database_url)
+    for name, provider in settings.providers.items():
+        # A token before the @ of an upstream URL is a credential even without a colon.
+        data["providers"][name]["base_url"] = redact_url(provider.base_url, keep_user=False)
     return data
-
-
-def _redact_url(url: str) -> str:
-    # postgresql+asyncpg://user:password@host/db -> postgresql+asyncpg://user:***@host/db
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, hostpart = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hostpart}" if ":" in creds else url

@@ -136,6 +136,13 @@ class StoreSettings(_Section):
     sweep_batch: int = Field(500, ge=1, le=100_000)
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     sqlite_busy_timeout_ms: int = Field(5000, ge=0)
+    pool_size: int = Field(10, ge=1, le=1000, description="PostgreSQL connections kept open")
+    pool_max_overflow: int = Field(
+        10, ge=0, le=1000, description="extra PostgreSQL connections opened under load"
+    )
+    pool_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="wait for a free connection, then 503 overloaded"
+    )
 
 
 class DownloadSettings(_Section):

@@ -54,9 +54,9 @@ class RequestDeadlines:
 
     _deadline: asyncio.TimerHandle | None = None
     _phase: str | None = None
-    _seen: object = None
+    _seen: Any = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._arm(_HEADERS)
 

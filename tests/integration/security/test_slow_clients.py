@@ -61,7 +61,7 @@ def _until_all_closed(
     socks: list[socket.socket], trickle: Callable[[socket.socket], None] | None = None
 ) -> dict[socket.socket, bytes]:
     """Read every socket until the server closes it (bounded); return what each received."""
-    received = {s: b"" for s in socks}
+    received = dict.fromkeys(socks, b"")
     open_ = set(socks)
     deadline = time.monotonic() + BOUND_S
     next_trickle = 0.0

@@ -17,13 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+
 from app.lifecycle.manifest import ModelSpec
 from app.lifecycle.storage import existing_ancestor, is_writable
 from app.readiness.reasons import Reason, human_bytes, reason
 from app.readiness.runtime_view import RuntimeModel
 from app.settings import ProviderSettings
 from app.store.database import Database
-from app.store.migrate import schema_status
+from app.store.migrate import SchemaStatus, alembic_config
 
 CHECK_STATES = ("ok", "warn", "fail", "running")
 
@@ -79,10 +83,21 @@ def running(name: str) -> CheckResult:
 # -- probes ----------------------------------------------------------------------------------
 
 
+def _heads() -> tuple[str, ...]:
+    return tuple(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
 async def probe_database(db: Database) -> CheckResult:
     subject = "database"
+    # Reading the migration scripts costs tens of ms of CPU: not on the event loop.
+    head = await asyncio.to_thread(_heads)
+
+    def current(conn: Connection) -> tuple[str, ...]:
+        return tuple(MigrationContext.configure(conn).get_current_heads())
+
     try:
-        status = await schema_status(db)
+        async with db.engine.connect() as conn:
+            status = SchemaStatus(current=await conn.run_sync(current), head=head)
     except Exception:  # any failure to reach the store is the finding, not an error
         return result(subject, [reason("database_unreachable", subject)], failed=True)
     if not status.up_to_date:

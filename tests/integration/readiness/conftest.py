@@ -79,7 +79,7 @@ class Setup:
             "api_key_env": API_KEY_ENV,
             "models": ["small"],
             "retry": {"max_attempts": 1},
-            "breaker": {"min_calls": 2, "window_size": 2, "open_s": 0.3, "open_max_s": 0.3},
+            "breaker": {"min_calls": 2, "window_size": 2, "open_s": 3.0, "open_max_s": 3.0},
         }
         values: dict[str, Any] = {
             "data_dir": self.data_dir,

@@ -61,7 +61,7 @@ async def test_llm_unavailable_with_both_reasons_then_usable_after_import(setup:
         assert after["capabilities"]["stt"] == stt_before
 
         setup.upstream.faults.down = False
-        async with asyncio.timeout(10):  # the breaker's open_s, then one trial call closes it
+        async with asyncio.timeout(20):  # the breaker's open_s, then one trial call closes it
             while (await client.post("/v1/chat/completions", json=chat())).status_code != 200:
                 await asyncio.sleep(0.05)
         final = await _readiness(client)

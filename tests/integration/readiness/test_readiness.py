@@ -162,7 +162,7 @@ async def test_text_report_lists_every_check_and_no_secret(setup: Setup) -> None
         resp = await client.get("/v1/readiness", params={"format": "text"})
         diagnostics = (await client.get("/v1/diagnostics")).text
         unauthorized = await httpx.AsyncClient(
-            transport=client._transport, base_url="http://keel.test"
+            transport=client._transport, base_url="http://localhost"
         ).get("/v1/readiness")
     assert unauthorized.status_code == 401
     assert resp.status_code == 200

@@ -27,6 +27,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.server import http_protocol
 
     uvicorn.run(
         create_app(settings, on_ready=_tune_gc),
@@ -35,6 +36,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        http=http_protocol(settings.header_timeout_s, settings.body_timeout_s),
         workers=None,
     )
     return 0

@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import chat, conversations, diagnostics, health
+from app.api import chat, conversations, diagnostics, health, readiness
 from app.api import lifecycle as lifecycle_api
 from app.api.edge import EdgePolicy
 from app.api.middleware import KeelMiddleware
@@ -30,6 +30,8 @@ from app.lifecycle.service import LifecycleService
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
+from app.readiness.component import ReadinessComponent, ReadinessInputs
+from app.readiness.service import ReadinessService
 from app.settings import ConfigError, Settings, load_settings
 from app.state import AppState, lifespan_state
 from app.store.component import Store, store_component
@@ -44,6 +46,9 @@ class Components:
     store: Component[Core, Store] = store_component
     lifecycle: Component[Store, LifecycleService] = field(default_factory=LifecycleComponent)
     chat: Component[Store, Chat] = field(default_factory=ChatComponent)
+    readiness: Component[ReadinessInputs, ReadinessService] = field(
+        default_factory=ReadinessComponent
+    )
 
 
 def create_app(
@@ -70,6 +75,9 @@ def create_app(
                 store = await stack.enter_async_context(parts.store(core))
                 lifecycle = await stack.enter_async_context(parts.lifecycle(store))
                 chat_parts = await stack.enter_async_context(parts.chat(store))
+                ready = await stack.enter_async_context(
+                    parts.readiness(ReadinessInputs(store, lifecycle, chat_parts.guards))
+                )
             except BaseException:
                 await tasks.aclose()
                 raise
@@ -89,6 +97,7 @@ def create_app(
                 chat=chat_parts.service,
                 chat_records=chat_parts.records,
                 guards=chat_parts.guards,
+                readiness=ready,
             )
             if on_ready is not None:
                 on_ready()
@@ -118,6 +127,7 @@ def create_app(
     app.include_router(conversations.router)
     app.include_router(lifecycle_api.router)
     app.include_router(diagnostics.router)
+    app.include_router(readiness.router)
     return app
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from app.lifecycle.service import LifecycleService
     from app.observability.metrics import Metrics
     from app.observability.timeline import Timeline
+    from app.readiness.service import ReadinessService
     from app.resilience.guard import ProviderGuard
     from app.settings import Settings
     from app.store.conversations import ConversationService
@@ -47,6 +48,7 @@ class AppState:
     chat: ChatService
     chat_records: ChatRecords
     guards: Mapping[str, ProviderGuard]
+    readiness: ReadinessService
 
 
 def lifespan_state(state: AppState) -> dict[str, AppState]:

@@ -18,7 +18,9 @@ from app.chat.service import ChatService
 from app.lifecycle.service import LifecycleService
 from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
+from app.readiness.service import ReadinessService
 from app.resilience.guard import ProviderGuard
+from app.settings import Settings
 from app.state import AppState, app_state
 from app.store.conversations import ConversationService
 from app.store.database import Database
@@ -30,6 +32,10 @@ async def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+
+
+async def get_settings(state: StateDep) -> Settings:
+    return state.settings
 
 
 async def get_metrics(state: StateDep) -> Metrics:
@@ -64,6 +70,11 @@ async def get_lifecycle(state: StateDep) -> LifecycleService:
     return state.lifecycle
 
 
+async def get_readiness(state: StateDep) -> ReadinessService:
+    return state.readiness
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 TimelineDep = Annotated[Timeline, Depends(get_timeline)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
@@ -73,3 +84,4 @@ ConversationsDep = Annotated[ConversationService, Depends(get_conversations)]
 ChatDep = Annotated[ChatService, Depends(get_chat)]
 GuardsDep = Annotated[Mapping[str, ProviderGuard], Depends(get_guards)]
 LifecycleDep = Annotated[LifecycleService, Depends(get_lifecycle)]
+ReadinessDep = Annotated[ReadinessService, Depends(get_readiness)]

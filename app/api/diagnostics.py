@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import GuardsDep, LifecycleDep, TimelineDep
+from app.api.deps import GuardsDep, LifecycleDep, ReadinessDep, SettingsDep, TimelineDep
+from app.readiness.diagnostics import SUBJECT_PATTERN, diagnostics
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/v1/diagnostics")
-async def diagnostics(
+async def get_diagnostics(
+    settings: SettingsDep,
     timeline: TimelineDep,
     guards: GuardsDep,
     lifecycle: LifecycleDep,
-    last: int = Query(100, ge=1, le=1000, description="transitions to include"),
+    readiness: ReadinessDep,
+    last: Annotated[int, Query(ge=1, le=1000, description="transitions to include")] = 100,
+    subject: Annotated[
+        str | None,
+        Query(
+            pattern=SUBJECT_PATTERN,
+            description="only this subject (provider:cloud, model:<id>, download:<id>) or name",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
-    providers = [guard.diagnostics() for guard in guards.values()]
-    return {
-        "providers": providers,
-        "breakers": {p["provider"]: p["breaker"] for p in providers},
-        "retry_budgets": {p["provider"]: p["retry_budget"] for p in providers},
-        "limiters": {p["provider"]: p["limiter"] for p in providers},
-        "jobs": lifecycle.running_jobs(),
-        "transitions": [t.as_json() for t in timeline.last(last)],
-    }
+    secrets = [k for p in settings.providers.values() if (k := p.api_key())]
+    if settings.api_token is not None:
+        secrets.append(settings.api_token.get_secret_value())
+    return diagnostics(
+        guards=guards,
+        running_jobs=lifecycle.running_jobs,
+        runtime=readiness.runtime,
+        timeline=timeline,
+        last=last,
+        subject=subject,
+        secrets=secrets,
+    )

@@ -46,7 +46,8 @@ async def _chat(store: Store, clock: Clock | None) -> AsyncIterator[Chat]:
         for name, cfg in settings.providers.items():
             if cfg.kind != "openai":
                 continue  # local models join through the runtime (later issue)
-            providers[name] = OpenAIHTTPProvider(name, cfg)
+            http = OpenAIHTTPProvider(name, cfg)
+            providers[name] = http
             guards[name] = build_guard(
                 name,
                 cfg,
@@ -54,6 +55,7 @@ async def _chat(store: Store, clock: Clock | None) -> AsyncIterator[Chat]:
                 metrics=core.metrics,
                 timeline=core.timeline,
                 clock=clock,
+                prober=http.probe,
             )
         targets = TargetResolver(
             settings.routes, {n: p.model_names() for n, p in providers.items()}
@@ -62,5 +64,7 @@ async def _chat(store: Store, clock: Clock | None) -> AsyncIterator[Chat]:
         records = ChatRecords(store.db, store.conversations, store.idempotency)
         yield Chat(service, records, guards)
     finally:
+        for guard in guards.values():
+            await guard.aclose()  # stops its prober
         for provider in providers.values():
             await provider.aclose()

@@ -118,14 +118,15 @@ def test_outage_opens_breaker_fails_fast_then_recovers(
         assert upstream.calls == calls_during_outage  # nothing reached the upstream
         # 5 requests x 3 attempts at most; the retry budget's floor allows that much here.
         assert calls_during_outage <= 15
-        diag = c.get("/v1/diagnostics").json()
-        assert diag["breakers"]["cloud"]["state"] == "open"
+        diag = c.get("/v1/diagnostics", params={"subject": "provider:cloud"}).json()
+        assert diag["providers"][0]["breaker"]["state"] == "open"
 
         upstream.faults.down = False
         clock.step(31)
         resp = c.post("/v1/chat/completions", json=chat_body())
         assert resp.status_code == 200, resp.text
-        assert c.get("/v1/diagnostics").json()["breakers"]["cloud"]["state"] == "closed"
+        diag = c.get("/v1/diagnostics", params={"subject": "provider:cloud"}).json()
+        assert diag["providers"][0]["breaker"]["state"] == "closed"
         transitions = [
             (t["from"], t["to"])
             for t in c.get("/v1/diagnostics").json()["transitions"]

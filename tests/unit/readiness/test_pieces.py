@@ -120,3 +120,40 @@ def test_human_bytes() -> None:
     assert human_bytes(512) == "512 B"
     assert human_bytes(1536) == "1.5 KiB"
     assert human_bytes(3 * 1024**3) == "3.0 GiB"
+
+
+class _Snapshots:
+    def __init__(self, entries: list[dict[str, object]]) -> None:
+        self.entries = entries
+
+    def snapshot(self) -> list[dict[str, object]]:
+        return self.entries
+
+
+def test_manager_view_reads_the_runtime_snapshot() -> None:
+    from app.readiness.runtime_view import ManagerView
+
+    view = ManagerView(
+        _Snapshots(
+            [
+                {"id": "idle", "state": "installed", "pid": None, "breaker": {"state": "closed"}},
+                {
+                    "id": "gemma",
+                    "state": "cooldown",
+                    "cooldown_s": 12.5,
+                    "pid": None,
+                    "rss_bytes": None,
+                    "keep_alive_left_s": None,
+                    "breaker": {"state": "open"},
+                    "stderr_tail": "boom",
+                },
+                {"id": "up", "state": "ready", "pid": 9, "rss_bytes": 5, "keep_alive_left_s": 3.0},
+            ]
+        )
+    )
+    models = {m.model: m for m in view.runtime_models()}
+    assert set(models) == {"gemma", "up"}
+    assert models["gemma"].seconds_until_retry == 12.5
+    assert models["gemma"].breaker_state == "open"
+    assert models["gemma"].stderr_tail == "boom"
+    assert models["up"].pid == 9

@@ -22,6 +22,8 @@ from app.settings_errors import prepare_data_dir
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.server import http_protocol
+
     uvicorn.run(
         "app.main:app",
         host=settings.host,
@@ -29,6 +31,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        http=http_protocol(settings.header_timeout_s, settings.body_timeout_s),
         workers=None,
     )
     return 0

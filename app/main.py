@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from app.api import chat, conversations, diagnostics, health
 from app.api import lifecycle as lifecycle_api
+from app.api import runtime as runtime_api
 from app.api.middleware import KeelMiddleware
 from app.api.problems import install_error_handlers
 from app.lifecycle.component import LifecycleComponent
@@ -27,6 +28,7 @@ from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
 from app.providers.registry import providers_component
+from app.runtime.component import RuntimeComponent
 from app.settings import ConfigError, Settings, load_settings
 from app.store.component import store_services
 from app.store.database import Database
@@ -60,7 +62,7 @@ async def _store(state: State) -> AsyncIterator[None]:
 
 
 def default_components() -> list[Component]:
-    return [_store, store_services, LifecycleComponent(), providers_component()]
+    return [_store, store_services, LifecycleComponent(), RuntimeComponent(), providers_component()]
 
 
 def create_app(
@@ -123,6 +125,7 @@ def create_app(
     app.include_router(conversations.router)
     app.include_router(lifecycle_api.router)
     app.include_router(diagnostics.router)
+    app.include_router(runtime_api.router)
     return app
 
 

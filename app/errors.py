@@ -10,6 +10,10 @@ Hierarchy::
      │    └── ModelNotFound         404 model_not_found
      ├── MethodNotAllowed           405 method_not_allowed
      ├── PayloadTooLarge            413 payload_too_large
+     ├── RequestTimeout             408 request_timeout
+     ├── OriginNotAllowed           403 origin_not_allowed
+     ├── UnsupportedMediaType       415 unsupported_media_type
+     ├── HostNotAllowed             421 host_not_allowed
      ├── VersionConflict            409 version_conflict       (+ current_version)
      ├── PreconditionFailed         412 precondition_failed    (+ current_version)
      ├── PreconditionRequired       428 precondition_required  (+ current_version)
@@ -34,6 +38,9 @@ Hierarchy::
      ├── ModelLoadFailed            503 model_load_failed
      ├── MemoryBudgetExceeded       507 memory_budget_exceeded
      ├── DataCorrupted              500 data_corrupted
+     ├── StorageUnavailable         503 storage_unavailable    (a storage root, not the database)
+     ├── SchemaNotReady             503 schema_not_ready       (database not migrated to head)
+     ├── DatabaseUnavailable        503 database_unavailable   (unreachable, connection lost)
      └── InternalError              500 internal_error
 
 Every problem body also carries the OpenAI error envelope ``error: {message, type, code,
@@ -168,6 +175,22 @@ class PayloadTooLarge(KeelError):
     code, status_code, title = "payload_too_large", 413, "Payload too large"
 
 
+class RequestTimeout(KeelError):
+    code, status_code, title, retryable = "request_timeout", 408, "Request timeout", True
+
+
+class OriginNotAllowed(KeelError):
+    code, status_code, title = "origin_not_allowed", 403, "Cross-origin request refused"
+
+
+class UnsupportedMediaType(KeelError):
+    code, status_code, title = "unsupported_media_type", 415, "Unsupported media type"
+
+
+class HostNotAllowed(KeelError):
+    code, status_code, title = "host_not_allowed", 421, "Host not allowed"
+
+
 class VersionConflict(KeelError):
     code, status_code, title = "version_conflict", 409, "Version conflict"
 
@@ -279,6 +302,19 @@ class MemoryBudgetExceeded(KeelError):
 
 class DataCorrupted(KeelError):
     code, status_code, title = "data_corrupted", 500, "Stored data failed its integrity check"
+
+
+class StorageUnavailable(KeelError):
+    code, status_code, title, retryable = "storage_unavailable", 503, "Storage unavailable", True
+
+
+class SchemaNotReady(KeelError):
+    code, status_code, retryable = "schema_not_ready", 503, True
+    title = "The database schema is not migrated"
+
+
+class DatabaseUnavailable(KeelError):
+    code, status_code, title, retryable = "database_unavailable", 503, "Database unavailable", True
 
 
 class InternalError(KeelError):

@@ -18,9 +18,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import chat, conversations, diagnostics, health
+from app.api import chat, conversations, diagnostics, health, readiness
 from app.api import lifecycle as lifecycle_api
 from app.api import runtime as runtime_api
+from app.api.edge import EdgePolicy
 from app.api.middleware import KeelMiddleware
 from app.api.problems import install_error_handlers
 from app.lifecycle.component import LifecycleComponent
@@ -28,6 +29,7 @@ from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
 from app.providers.registry import providers_component
+from app.readiness.component import ReadinessComponent
 from app.runtime.component import RuntimeComponent
 from app.settings import ConfigError, Settings, load_settings
 from app.store.component import store_services
@@ -62,7 +64,14 @@ async def _store(state: State) -> AsyncIterator[None]:
 
 
 def default_components() -> list[Component]:
-    return [_store, store_services, LifecycleComponent(), RuntimeComponent(), providers_component()]
+    return [
+        _store,
+        store_services,
+        LifecycleComponent(),
+        RuntimeComponent(),
+        providers_component(),
+        ReadinessComponent(),
+    ]
 
 
 def create_app(
@@ -119,6 +128,7 @@ def create_app(
         metrics=metrics,
         api_token=settings.api_token.get_secret_value() if settings.api_token else None,
         max_body_bytes=settings.max_body_bytes,
+        edge=EdgePolicy(settings.effective_allowed_hosts, settings.cors_origins),
     )
     app.include_router(chat.router)
     app.include_router(health.router)
@@ -126,6 +136,7 @@ def create_app(
     app.include_router(lifecycle_api.router)
     app.include_router(diagnostics.router)
     app.include_router(runtime_api.router)
+    app.include_router(readiness.router)
     return app
 
 

@@ -8,10 +8,11 @@ default in ``.env.example``; the TOML-only tables (providers, routes) are docume
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -24,11 +25,13 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from app.observability.redact import redact_url
 from app.resilience.config import BreakerConfig, RetryConfig
 
 DEFAULT_CONFIG_FILE = Path("keel.toml")
@@ -79,6 +82,23 @@ class ResilienceSettings(_Section):
     breaker: BreakerSettings = BreakerSettings()
     default_timeout_s: float = Field(60.0, gt=0, le=3600, description="request deadline")
     stream_idle_s: float = Field(30.0, gt=0, le=3600, description="max gap between chunks")
+    attempt_timeout_s: float = Field(
+        20.0, gt=0, le=3600, description="time to first byte per attempt, inside the deadline"
+    )
+    probe_interval_s: float = Field(
+        1.0, ge=0, le=600, description="active probe period while a breaker is open (0: off)"
+    )
+    max_throttle_s: float = Field(
+        60.0, ge=0, le=3600, description="longest Retry-After pause honoured after a 429"
+    )
+    # Hedged fallback per route: seconds without a first byte from the first target before the
+    # second starts too, or "p95" for the first target's observed p95 (docs/resilience.md).
+    hedge: dict[str, float | Literal["p95"]] = Field(
+        default_factory=dict, description="route -> hedge delay (seconds or p95)"
+    )
+
+
+ProviderCapability = Literal["llm", "embedding", "stt", "tts"]
 
 
 class ProviderSettings(_Section):
@@ -88,10 +108,18 @@ class ProviderSettings(_Section):
     base_url: str = ""
     api_key_env: str | None = None
     models: list[str] = Field(default_factory=list)
+    # What the provider's models serve, for the readiness report (DESIGN §6).
+    capabilities: list[ProviderCapability] = Field(
+        default_factory=lambda: list[ProviderCapability](["llm"]), max_length=4
+    )
     max_concurrency: int = Field(64, ge=1, le=100_000)
     max_queue_wait_s: float = Field(1.0, ge=0, le=600)
     timeout_s: float | None = Field(None, gt=0, le=3600)
     connect_timeout_s: float = Field(5.0, gt=0, le=600)
+    # Overrides of [resilience] for this provider (None: the [resilience] value).
+    attempt_timeout_s: float | None = Field(None, gt=0, le=3600)
+    stream_idle_s: float | None = Field(None, gt=0, le=3600)
+    probe_interval_s: float | None = Field(None, ge=0, le=600)
     # httpx's own pool, or aiohttp underneath httpx (httpx-aiohttp); docs/benchmarks.md has
     # the measurements behind the default.
     http_transport: Literal["httpx", "aiohttp"] = "aiohttp"
@@ -115,6 +143,13 @@ class StoreSettings(_Section):
     sweep_batch: int = Field(500, ge=1, le=100_000)
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     sqlite_busy_timeout_ms: int = Field(5000, ge=0)
+    pool_size: int = Field(10, ge=1, le=1000, description="PostgreSQL connections kept open")
+    pool_max_overflow: int = Field(
+        10, ge=0, le=1000, description="extra PostgreSQL connections opened under load"
+    )
+    pool_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="wait for a free connection, then 503 overloaded"
+    )
 
 
 class DownloadSettings(_Section):
@@ -145,6 +180,17 @@ class DownloadSettings(_Section):
     )
     connect_timeout_s: float = Field(15.0, gt=0)
     reap_interval_s: float = Field(3600.0, gt=0, description="stale partial sweep period")
+
+
+class ReadinessSettings(_Section):
+    ttl_s: float = Field(5.0, gt=0, le=3600, description="how long probe results are reused")
+    refresh_interval_s: float = Field(
+        30.0, gt=0, le=86_400, description="background re-run of the probes (for /metrics)"
+    )
+    check_timeout_s: float = Field(5.0, gt=0, le=600, description="bound on each probe")
+    disk_low_bytes: int = Field(
+        1024 * 1024 * 1024, ge=0, description="free bytes under which a storage root is low"
+    )
 
 
 class RuntimeBreakerSettings(_Section):
@@ -211,6 +257,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     timeline_size: int = Field(500, ge=10, le=100_000)
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)
 
     resilience: ResilienceSettings = ResilienceSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
@@ -218,12 +268,24 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     downloads: DownloadSettings = DownloadSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    readiness: ReadinessSettings = ReadinessSettings()
 
     @field_validator("api_token")
     @classmethod
     def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and len(v.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
+        return v
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        # Environment values are comma-separated (a JSON list also works).
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
         return v
 
     @model_validator(mode="after")
@@ -246,6 +308,11 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"routes.{route}: target {target!r} names no configured provider"
                     )
+        for route, delay in self.resilience.hedge.items():
+            if route not in self.routes:
+                raise ValueError(f"resilience.hedge.{route}: names no route")
+            if delay != "p95" and not 0 < delay <= 3600:
+                raise ValueError(f'resilience.hedge.{route}: seconds in (0, 3600] or "p95"')
         if sum(1 for p in self.providers.values() if p.kind == "local") > 1:
             raise ValueError('providers: at most one provider may have kind = "local"')
         for name, p in self.providers.items():
@@ -253,6 +320,17 @@ class Settings(BaseSettings):
             effective_retry(self.resilience.retry, p.retry, provider=name)
             effective_breaker(self.resilience.breaker, p.breaker, provider=name)
         return self
+
+    @property
+    def effective_allowed_hosts(self) -> list[str]:
+        """``KEEL_ALLOWED_HOSTS``, else the loopback names and the bind address."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        hosts = ["localhost", "127.0.0.1", "::1"]
+        bind = self.host.strip("[]").lower()
+        if bind not in hosts and bind not in ("0.0.0.0", "::", ""):  # noqa: S104  # a wildcard bind names no host
+            hosts.append(bind)
+        return hosts
 
     @property
     def effective_database_url(self) -> str:
@@ -349,15 +427,8 @@ def redacted_dump(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     if settings.api_token is not None:
         data["api_token"] = "**********"  # noqa: S105  # the redaction mask
-    data["database_url"] = _redact_url(settings.effective_database_url)
+    data["database_url"] = redact_url(settings.effective_database_url)
+    for name, provider in settings.providers.items():
+        # A token before the @ of an upstream URL is a credential even without a colon.
+        data["providers"][name]["base_url"] = redact_url(provider.base_url, keep_user=False)
     return data
-
-
-def _redact_url(url: str) -> str:
-    # postgresql+asyncpg://user:password@host/db -> postgresql+asyncpg://user:***@host/db
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, hostpart = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hostpart}" if ":" in creds else url

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.api.values import check_json
 
 MAX_MESSAGES = 1000
 MAX_CONTENT_CHARS = 200_000
@@ -26,6 +28,17 @@ class ChatRequest(BaseModel):
     stream: bool = False
     # Keel's extension: persist this turn into a stored conversation after success.
     conversation_id: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _forwardable(self) -> ChatRequest:
+        # Pass-through fields go to the provider as sent: they must be JSON it can parse
+        # (no Infinity, NaN or 1e400, which the JSON parser turns into infinity).
+        check_json(self.model_extra)
+        for message in self.messages:
+            check_json(message.model_extra)
+            if isinstance(message.content, list):
+                check_json(message.content)
+        return self
 
 
 def content_chars(message: ChatMessage) -> int:

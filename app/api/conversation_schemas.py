@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.values import JsonObject, Text, Version, valid_text
 from app.errors import BadRequest
 from app.store.conversation_models import (
     Appended,
@@ -37,30 +38,30 @@ class _Body(BaseModel):
 
 
 class CreateConversationBody(_Body):
-    title: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    title: Text | None = None
+    metadata: JsonObject = Field(default_factory=dict)
 
 
 class UpdateConversationBody(_Body):
     """PATCH: only the fields sent change; ``metadata`` replaces the whole object."""
 
-    title: str | None = None
-    metadata: dict[str, Any] | None = None
-    expected_version: int | None = Field(None, ge=0)
+    title: Text | None = None
+    metadata: JsonObject | None = None
+    expected_version: Version | None = None
 
 
 class DeleteConversationBody(_Body):
-    expected_version: int | None = Field(None, ge=0)
+    expected_version: Version | None = None
 
 
 class MessageIn(_Body):
-    role: str = Field(max_length=32)
-    content: str
+    role: Text = Field(max_length=32)
+    content: Text
 
 
 class AppendMessagesBody(_Body):
     messages: list[MessageIn] = Field(min_length=1)
-    expected_version: int | None = Field(None, ge=0)
+    expected_version: Version | None = None
 
 
 # -- headers --
@@ -112,16 +113,23 @@ def encode_cursor(cursor: tuple[datetime, str] | None) -> str | None:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+_MAX_CURSOR_CHARS = 256
+
+
 def decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
     if cursor is None:
         return None
     try:
+        # Bounded before decoding: a crafted cursor could nest JSON deep enough to recurse.
+        if len(cursor) > _MAX_CURSOR_CHARS:
+            raise ValueError("cursor length")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, cid = json.loads(raw)
         if not isinstance(cid, str) or not isinstance(created, str):
             raise ValueError("cursor fields")
-        return as_utc(datetime.fromisoformat(created)), cid
-    except (ValueError, TypeError, binascii.Error):
+        # Converting an extreme date (year 1 or 9999 with an offset) to UTC overflows.
+        return as_utc(datetime.fromisoformat(created)), valid_text(cid)
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error):
         raise BadRequest("cursor is not a cursor this API returned.") from None
 
 

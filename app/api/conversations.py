@@ -20,6 +20,7 @@ from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.api import conversation_schemas as s
+from app.api.values import Version
 from app.errors import PreconditionFailed, ValidationFailed, VersionConflict
 from app.observability.metrics import Metrics
 from app.store.conversation_models import FieldChanges, NewMessage
@@ -161,7 +162,7 @@ async def get_conversation(
     conversation_id: str,
     store: StoreDep,
     if_none_match: IfNoneMatch = None,
-    since_version: Annotated[int | None, Query(ge=0)] = None,
+    since_version: Annotated[Version | None, Query()] = None,
 ) -> Response:
     async with store.db.read() as conn:
         head = await store.conversations.head(conn, conversation_id)

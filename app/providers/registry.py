@@ -29,13 +29,15 @@ def providers_component() -> Callable[[dict[str, Any]], Any]:
             for name, cfg in settings.providers.items():
                 if cfg.kind != "openai":
                     continue  # the local runtime joins below
-                providers[name] = OpenAIHTTPProvider(name, cfg)
+                http = OpenAIHTTPProvider(name, cfg)
+                providers[name] = http
                 guards[name] = build_guard(
                     name,
                     cfg,
                     settings.resilience,
                     metrics=state["metrics"],
                     timeline=state["timeline"],
+                    prober=http.probe,
                 )
             runtime: RuntimeManager | None = state.get(RUNTIME)
             if runtime is not None:
@@ -58,6 +60,8 @@ def providers_component() -> Callable[[dict[str, Any]], Any]:
             )
             yield
         finally:
+            for guard in guards.values():
+                await guard.aclose()  # stops its prober
             for provider in providers.values():
                 await provider.aclose()
 

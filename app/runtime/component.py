@@ -14,12 +14,39 @@ from app.lifecycle.component import STATE_KEY as LIFECYCLE
 from app.lifecycle.manifest import ModelSpec
 from app.lifecycle.progress import ProgressEvent
 from app.lifecycle.service import LifecycleService
+from app.readiness.component import RUNTIME_VIEW_KEY
+from app.readiness.runtime_view import RuntimeModel
 from app.runtime.manager import RuntimeManager
 from app.settings import Settings
 
 log = logging.getLogger("keel.runtime")
 
 STATE_KEY = "runtime"
+
+
+class ReadinessView:
+    """The manager's snapshot as the read-only window readiness and diagnostics use."""
+
+    def __init__(self, manager: RuntimeManager) -> None:
+        self._manager = manager
+
+    def runtime_models(self) -> Sequence[RuntimeModel]:
+        out = []
+        for m in self._manager.snapshot():
+            breaker = m["breaker"]
+            out.append(
+                RuntimeModel(
+                    model=m["id"],
+                    state=m["state"],
+                    pid=m["pid"],
+                    rss_bytes=m["rss_bytes"],
+                    keep_alive_left_s=m["keep_alive_left_s"],
+                    breaker_state=breaker["state"],
+                    seconds_until_retry=breaker["seconds_until_half_open"],
+                    stderr_tail=m["stderr_tail"],
+                )
+            )
+        return out
 
 
 class RuntimeComponent:
@@ -56,6 +83,7 @@ class RuntimeComponent:
             on_phase=on_phase,
         )
         state[STATE_KEY] = manager
+        state[RUNTIME_VIEW_KEY] = ReadinessView(manager)
         sweeper = state["tasks"].spawn(manager.sweep_forever(), name="runtime:keep-alive")
         try:
             yield

@@ -98,6 +98,9 @@ class ResilienceSettings(_Section):
     )
 
 
+ProviderCapability = Literal["llm", "embedding", "stt", "tts"]
+
+
 class ProviderSettings(_Section):
     """One upstream provider. ``retry``/``breaker`` hold overrides of ``[resilience]``."""
 
@@ -105,6 +108,10 @@ class ProviderSettings(_Section):
     base_url: str = ""
     api_key_env: str | None = None
     models: list[str] = Field(default_factory=list)
+    # What the provider's models serve, for the readiness report (DESIGN §6).
+    capabilities: list[ProviderCapability] = Field(
+        default_factory=lambda: list[ProviderCapability](["llm"]), max_length=4
+    )
     max_concurrency: int = Field(64, ge=1, le=100_000)
     max_queue_wait_s: float = Field(1.0, ge=0, le=600)
     timeout_s: float | None = Field(None, gt=0, le=3600)
@@ -173,6 +180,17 @@ class DownloadSettings(_Section):
     )
     connect_timeout_s: float = Field(15.0, gt=0)
     reap_interval_s: float = Field(3600.0, gt=0, description="stale partial sweep period")
+
+
+class ReadinessSettings(_Section):
+    ttl_s: float = Field(5.0, gt=0, le=3600, description="how long probe results are reused")
+    refresh_interval_s: float = Field(
+        30.0, gt=0, le=86_400, description="background re-run of the probes (for /metrics)"
+    )
+    check_timeout_s: float = Field(5.0, gt=0, le=600, description="bound on each probe")
+    disk_low_bytes: int = Field(
+        1024 * 1024 * 1024, ge=0, description="free bytes under which a storage root is low"
+    )
 
 
 class RuntimeBreakerSettings(_Section):
@@ -250,6 +268,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     downloads: DownloadSettings = DownloadSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    readiness: ReadinessSettings = ReadinessSettings()
 
     @field_validator("api_token")
     @classmethod

@@ -150,5 +150,7 @@ def test_429_is_not_a_breaker_failure_and_sends_new_work_to_the_fallback(
         diag = c.get("/v1/diagnostics").json()
     assert targets == ["backup/small"] * 6
     assert upstream.calls == 1  # one 429, then the provider's pause sends work elsewhere
-    assert diag["breakers"]["cloud"]["state"] == "closed"
-    assert diag["breakers"]["cloud"]["calls"] == 0  # neither a failure nor a success
+    cloud = next(p for p in diag["providers"] if p["provider"] == "cloud")
+    assert cloud["breaker"]["state"] == "closed"
+    assert cloud["breaker"]["calls"] == 0  # neither a failure nor a success
+    assert cloud["throttle"]["pauses"] == 1

@@ -13,12 +13,12 @@ from typing import Any
 
 from app.lifecycle.component import STATE_KEY as LIFECYCLE_KEY
 from app.readiness.checks import FindSpec, module_installed
-from app.readiness.runtime_view import ManagerView, ModelRuntimeView
+from app.readiness.runtime_view import ModelRuntimeView
 from app.readiness.service import ReadinessService
 
 STATE_KEY = "readiness"
-RUNTIME_VIEW_KEY = "runtime_view"  # a ModelRuntimeView, when a runtime is attached
-RUNTIME_KEY = "runtime"  # the runtime manager (app/runtime/component.py), seen through its snapshot
+# A ModelRuntimeView, put there by the runtime component (app/runtime/component.py).
+RUNTIME_VIEW_KEY = "runtime_view"
 
 
 class ReadinessComponent:
@@ -31,9 +31,6 @@ class ReadinessComponent:
     @asynccontextmanager
     async def _lifespan(self, state: dict[str, Any]) -> AsyncIterator[None]:
         runtime: ModelRuntimeView | None = state.get(RUNTIME_VIEW_KEY)
-        if runtime is None and state.get(RUNTIME_KEY) is not None:
-            runtime = ManagerView(state[RUNTIME_KEY])
-            state[RUNTIME_VIEW_KEY] = runtime
         service = ReadinessService(
             settings=state["settings"],
             db=state["db"],

@@ -76,38 +76,3 @@ def runtime_model_json(m: RuntimeModel, secrets: Iterable[str] = ()) -> dict[str
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
-
-
-class SnapshotSource(Protocol):
-    def snapshot(self) -> list[dict[str, Any]]: ...
-
-
-class ManagerView:
-    """``ModelRuntimeView`` over the runtime manager's ``snapshot()`` (one dict per model).
-
-    Models merely installed (no worker, no failure) are left out: there is nothing to show.
-    """
-
-    def __init__(self, source: SnapshotSource) -> None:
-        self.source = source
-
-    def runtime_models(self) -> Sequence[RuntimeModel]:
-        out = []
-        for entry in self.source.snapshot():
-            state = str(entry.get("state", ""))
-            if state not in RUNTIME_STATES:
-                continue
-            breaker = entry.get("breaker") or {}
-            out.append(
-                RuntimeModel(
-                    model=str(entry["id"]),
-                    state=state,
-                    pid=entry.get("pid"),
-                    rss_bytes=entry.get("rss_bytes"),
-                    keep_alive_left_s=entry.get("keep_alive_left_s"),
-                    breaker_state=breaker.get("state"),
-                    seconds_until_retry=entry.get("cooldown_s"),
-                    stderr_tail=str(entry.get("stderr_tail") or ""),
-                )
-            )
-        return out

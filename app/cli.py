@@ -14,6 +14,8 @@ from app.settings import ConfigError, Settings, load_settings, redacted_dump
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.server import http_protocol
+
     uvicorn.run(
         "app.main:app",
         host=settings.host,
@@ -21,6 +23,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        http=http_protocol(settings.header_timeout_s, settings.body_timeout_s),
         workers=None,
     )
     return 0

@@ -82,6 +82,23 @@ class ResilienceSettings(_Section):
     breaker: BreakerSettings = BreakerSettings()
     default_timeout_s: float = Field(60.0, gt=0, le=3600, description="request deadline")
     stream_idle_s: float = Field(30.0, gt=0, le=3600, description="max gap between chunks")
+    attempt_timeout_s: float = Field(
+        20.0, gt=0, le=3600, description="time to first byte per attempt, inside the deadline"
+    )
+    probe_interval_s: float = Field(
+        1.0, ge=0, le=600, description="active probe period while a breaker is open (0: off)"
+    )
+    max_throttle_s: float = Field(
+        60.0, ge=0, le=3600, description="longest Retry-After pause honoured after a 429"
+    )
+    # Hedged fallback per route: seconds without a first byte from the first target before the
+    # second starts too, or "p95" for the first target's observed p95 (docs/resilience.md).
+    hedge: dict[str, float | Literal["p95"]] = Field(
+        default_factory=dict, description="route -> hedge delay (seconds or p95)"
+    )
+
+
+ProviderCapability = Literal["llm", "embedding", "stt", "tts"]
 
 
 class ProviderSettings(_Section):
@@ -91,10 +108,18 @@ class ProviderSettings(_Section):
     base_url: str = ""
     api_key_env: str | None = None
     models: list[str] = Field(default_factory=list)
+    # What the provider's models serve, for the readiness report (DESIGN §6).
+    capabilities: list[ProviderCapability] = Field(
+        default_factory=lambda: list[ProviderCapability](["llm"]), max_length=4
+    )
     max_concurrency: int = Field(64, ge=1, le=100_000)
     max_queue_wait_s: float = Field(1.0, ge=0, le=600)
     timeout_s: float | None = Field(None, gt=0, le=3600)
     connect_timeout_s: float = Field(5.0, gt=0, le=600)
+    # Overrides of [resilience] for this provider (None: the [resilience] value).
+    attempt_timeout_s: float | None = Field(None, gt=0, le=3600)
+    stream_idle_s: float | None = Field(None, gt=0, le=3600)
+    probe_interval_s: float | None = Field(None, ge=0, le=600)
     # httpx's own pool, or aiohttp underneath httpx (httpx-aiohttp); docs/benchmarks.md has
     # the measurements behind the default.
     http_transport: Literal["httpx", "aiohttp"] = "aiohttp"
@@ -155,6 +180,17 @@ class DownloadSettings(_Section):
     )
     connect_timeout_s: float = Field(15.0, gt=0)
     reap_interval_s: float = Field(3600.0, gt=0, description="stale partial sweep period")
+
+
+class ReadinessSettings(_Section):
+    ttl_s: float = Field(5.0, gt=0, le=3600, description="how long probe results are reused")
+    refresh_interval_s: float = Field(
+        30.0, gt=0, le=86_400, description="background re-run of the probes (for /metrics)"
+    )
+    check_timeout_s: float = Field(5.0, gt=0, le=600, description="bound on each probe")
+    disk_low_bytes: int = Field(
+        1024 * 1024 * 1024, ge=0, description="free bytes under which a storage root is low"
+    )
 
 
 class RuntimeBreakerSettings(_Section):
@@ -232,6 +268,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     downloads: DownloadSettings = DownloadSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    readiness: ReadinessSettings = ReadinessSettings()
 
     @field_validator("api_token")
     @classmethod
@@ -271,6 +308,11 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"routes.{route}: target {target!r} names no configured provider"
                     )
+        for route, delay in self.resilience.hedge.items():
+            if route not in self.routes:
+                raise ValueError(f"resilience.hedge.{route}: names no route")
+            if delay != "p95" and not 0 < delay <= 3600:
+                raise ValueError(f'resilience.hedge.{route}: seconds in (0, 3600] or "p95"')
         if sum(1 for p in self.providers.values() if p.kind == "local") > 1:
             raise ValueError('providers: at most one provider may have kind = "local"')
         for name, p in self.providers.items():

@@ -1,4 +1,9 @@
-"""Running Alembic from inside the app and asking whether the schema is current."""
+"""Running Alembic from inside the app and asking whether the schema is current.
+
+The migrations ship inside the package (``app/migrations``, installed as package data), and the
+Alembic configuration is built here in code, so ``keel migrate`` and ``keel serve`` work from
+any directory after a plain ``pip install .``, with no ``alembic.ini`` or source tree beside them.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from app.store.database import Database
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
 
 def alembic_config(url: str | None = None) -> Config:

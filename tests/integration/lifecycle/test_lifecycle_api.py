@@ -41,10 +41,10 @@ async def test_sse_progress_reaches_ready_with_percent_100(harness: Harness) -> 
         async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
             resp = await client.post("/v1/lifecycle/models/tiny/download")
             assert resp.status_code == 202
-            jobs = (await client.get("/v1/diagnostics")).json()["jobs"]
+            jobs = (await client.get("/v1/diagnostics")).json()["downloads"]
             assert [(j["kind"], j["model"]) for j in jobs] == [("download", "tiny")]
             await _events(client, "tiny", events, first=harness.server.open_gate)
-            assert (await client.get("/v1/diagnostics")).json()["jobs"] == []
+            assert (await client.get("/v1/diagnostics")).json()["downloads"] == []
     phases = [e["phase"] for e in events]
     assert phases[0] in ("queued", "downloading")
     assert "downloading" in phases

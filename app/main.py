@@ -18,12 +18,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import chat, conversations, diagnostics, health, readiness
+from app.api import chat, conversations, diagnostics, health, readiness, ui
 from app.api import lifecycle as lifecycle_api
+from app.api import runtime as runtime_api
 from app.api.edge import EdgePolicy
 from app.api.middleware import KeelMiddleware
 from app.api.problems import install_error_handlers
-from app.chat.component import Chat, ChatComponent
+from app.chat.component import Chat, ChatComponent, ChatInputs
 from app.core import Component, Core, TaskGroup
 from app.lifecycle.component import LifecycleComponent
 from app.lifecycle.service import LifecycleService
@@ -32,6 +33,8 @@ from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
 from app.readiness.component import ReadinessComponent, ReadinessInputs
 from app.readiness.service import ReadinessService
+from app.runtime.component import ReadinessView, RuntimeComponent, RuntimeInputs
+from app.runtime.manager import RuntimeManager
 from app.settings import ConfigError, Settings, load_settings
 from app.state import AppState, lifespan_state
 from app.store.component import Store, store_component
@@ -45,7 +48,8 @@ class Components:
 
     store: Component[Core, Store] = store_component
     lifecycle: Component[Store, LifecycleService] = field(default_factory=LifecycleComponent)
-    chat: Component[Store, Chat] = field(default_factory=ChatComponent)
+    runtime: Component[RuntimeInputs, RuntimeManager] = field(default_factory=RuntimeComponent)
+    chat: Component[ChatInputs, Chat] = field(default_factory=ChatComponent)
     readiness: Component[ReadinessInputs, ReadinessService] = field(
         default_factory=ReadinessComponent
     )
@@ -74,9 +78,14 @@ def create_app(
             try:
                 store = await stack.enter_async_context(parts.store(core))
                 lifecycle = await stack.enter_async_context(parts.lifecycle(store))
-                chat_parts = await stack.enter_async_context(parts.chat(store))
+                runtime = await stack.enter_async_context(
+                    parts.runtime(RuntimeInputs(store, lifecycle))
+                )
+                chat_parts = await stack.enter_async_context(parts.chat(ChatInputs(store, runtime)))
                 ready = await stack.enter_async_context(
-                    parts.readiness(ReadinessInputs(store, lifecycle, chat_parts.guards))
+                    parts.readiness(
+                        ReadinessInputs(store, lifecycle, chat_parts.guards, ReadinessView(runtime))
+                    )
                 )
             except BaseException:
                 await tasks.aclose()
@@ -94,6 +103,7 @@ def create_app(
                 idempotency=store.idempotency,
                 conversations=store.conversations,
                 lifecycle=lifecycle,
+                runtime=runtime,
                 chat=chat_parts.service,
                 chat_records=chat_parts.records,
                 guards=chat_parts.guards,
@@ -127,7 +137,9 @@ def create_app(
     app.include_router(conversations.router)
     app.include_router(lifecycle_api.router)
     app.include_router(diagnostics.router)
+    app.include_router(runtime_api.router)
     app.include_router(readiness.router)
+    app.include_router(ui.router)
     return app
 
 

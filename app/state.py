@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from app.observability.timeline import Timeline
     from app.readiness.service import ReadinessService
     from app.resilience.guard import ProviderGuard
+    from app.runtime.manager import RuntimeManager
     from app.settings import Settings
     from app.store.conversations import ConversationService
     from app.store.database import Database
@@ -45,6 +46,7 @@ class AppState:
     idempotency: Idempotency
     conversations: ConversationService
     lifecycle: LifecycleService
+    runtime: RuntimeManager
     chat: ChatService
     chat_records: ChatRecords
     guards: Mapping[str, ProviderGuard]

@@ -20,6 +20,7 @@ from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
 from app.readiness.service import ReadinessService
 from app.resilience.guard import ProviderGuard
+from app.runtime.manager import RuntimeManager
 from app.settings import Settings
 from app.state import AppState, app_state
 from app.store.conversations import ConversationService
@@ -70,6 +71,10 @@ async def get_lifecycle(state: StateDep) -> LifecycleService:
     return state.lifecycle
 
 
+async def get_runtime(state: StateDep) -> RuntimeManager:
+    return state.runtime
+
+
 async def get_readiness(state: StateDep) -> ReadinessService:
     return state.readiness
 
@@ -84,4 +89,5 @@ ConversationsDep = Annotated[ConversationService, Depends(get_conversations)]
 ChatDep = Annotated[ChatService, Depends(get_chat)]
 GuardsDep = Annotated[Mapping[str, ProviderGuard], Depends(get_guards)]
 LifecycleDep = Annotated[LifecycleService, Depends(get_lifecycle)]
+RuntimeDep = Annotated[RuntimeManager, Depends(get_runtime)]
 ReadinessDep = Annotated[ReadinessService, Depends(get_readiness)]

@@ -14,8 +14,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import DatabaseDep, IdempotencyDep, IdempotencyKeyDep, LifecycleDep
+from app.api.deps import DatabaseDep, IdempotencyDep, IdempotencyKeyDep, LifecycleDep, RuntimeDep
 from app.api.idempotency import json_stored, to_response
+from app.api.runtime import runtime_view
 from app.lifecycle.manifest import Capability
 from app.lifecycle.progress import ProgressEvent
 from app.lifecycle.storage import StorageConfig
@@ -49,13 +50,13 @@ class StorageRequest(BaseModel):
 
 
 @router.get("/models")
-async def list_models(lc: LifecycleDep) -> dict[str, Any]:
-    return {"data": lc.list_models()}
+async def list_models(lc: LifecycleDep, runtime: RuntimeDep) -> dict[str, Any]:
+    return {"data": [runtime_view(runtime, v) for v in lc.list_models()]}
 
 
 @router.get("/models/{model_id}")
-async def get_model(model_id: str, lc: LifecycleDep) -> dict[str, Any]:
-    return lc.model_view(lc.manager.model(model_id))
+async def get_model(model_id: str, lc: LifecycleDep, runtime: RuntimeDep) -> dict[str, Any]:
+    return runtime_view(runtime, lc.model_view(lc.manager.model(model_id)))
 
 
 async def _once(

@@ -11,10 +11,18 @@ from app.chat.resilience import build_guard
 from app.chat.service import ChatService
 from app.chat.targets import TargetResolver
 from app.providers.base import Provider
+from app.providers.local import LocalProvider, local_provider_settings
 from app.providers.openai_http import OpenAIHTTPProvider
 from app.resilience.clock import Clock
 from app.resilience.guard import ProviderGuard
+from app.runtime.manager import RuntimeManager
 from app.store.component import Store
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInputs:
+    store: Store
+    runtime: RuntimeManager | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +40,13 @@ class ChatComponent:
     def __init__(self, *, clock: Clock | None = None) -> None:
         self.clock = clock
 
-    def __call__(self, store: Store) -> AbstractAsyncContextManager[Chat]:
-        return _chat(store, self.clock)
+    def __call__(self, inputs: ChatInputs) -> AbstractAsyncContextManager[Chat]:
+        return _chat(inputs, self.clock)
 
 
 @asynccontextmanager
-async def _chat(store: Store, clock: Clock | None) -> AsyncIterator[Chat]:
+async def _chat(inputs: ChatInputs, clock: Clock | None) -> AsyncIterator[Chat]:
+    store = inputs.store
     core = store.core
     settings = core.settings
     providers: dict[str, Provider] = {}
@@ -45,7 +54,7 @@ async def _chat(store: Store, clock: Clock | None) -> AsyncIterator[Chat]:
     try:
         for name, cfg in settings.providers.items():
             if cfg.kind != "openai":
-                continue  # local models join through the runtime (later issue)
+                continue  # the local runtime joins below
             http = OpenAIHTTPProvider(name, cfg)
             providers[name] = http
             guards[name] = build_guard(
@@ -56,6 +65,17 @@ async def _chat(store: Store, clock: Clock | None) -> AsyncIterator[Chat]:
                 timeline=core.timeline,
                 clock=clock,
                 prober=http.probe,
+            )
+        if inputs.runtime is not None:
+            name, local_cfg = local_provider_settings(settings)
+            providers[name] = LocalProvider(name, inputs.runtime, local_cfg.models or None)
+            guards[name] = build_guard(
+                name,
+                local_cfg,
+                settings.resilience,
+                metrics=core.metrics,
+                timeline=core.timeline,
+                clock=clock,
             )
         targets = TargetResolver(
             settings.routes, {n: p.model_names() for n, p in providers.items()}

@@ -21,7 +21,7 @@ from app.store.component import Store
 
 @dataclass(frozen=True, slots=True)
 class ReadinessInputs:
-    """What the readiness service looks at; ``runtime`` is None until a runtime is attached."""
+    """What the readiness service looks at; ``runtime`` is None without a local runtime."""
 
     store: Store
     lifecycle: LifecycleService
@@ -34,7 +34,7 @@ class ReadinessComponent:
         self, *, find: FindSpec = module_installed, runtime: ModelRuntimeView | None = None
     ) -> None:
         self.find = find
-        self.runtime = runtime  # tests attach a fake runtime here
+        self.runtime = runtime  # tests put a fake runtime in place of the real one here
 
     def __call__(self, inputs: ReadinessInputs) -> AbstractAsyncContextManager[ReadinessService]:
         return self._lifespan(inputs)
@@ -48,7 +48,7 @@ class ReadinessComponent:
             lifecycle=inputs.lifecycle,
             guards=inputs.guards,
             metrics=core.metrics,
-            runtime=inputs.runtime or self.runtime,
+            runtime=self.runtime or inputs.runtime,
             find=self.find,
         )
         tasks = core.tasks

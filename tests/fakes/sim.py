@@ -15,10 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.chat.resilience import build_guard
 from app.chat.service import ChatService
 from app.chat.targets import TargetResolver
-
-from app.chat.resilience import build_guard
 from app.errors import KeelError
 from app.observability.metrics import Metrics
 from app.providers.base import Completion

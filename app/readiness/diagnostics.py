@@ -49,6 +49,8 @@ def diagnostics(
                 "breaker": d["breaker"],
                 "retry_budget": d["retry_budget"],
                 "limiter": d["limiter"],
+                "throttle": d.get("throttle"),  # a 429's pause, if one is running
+                "probes": d.get("probes"),  # active probes sent while the breaker was open
             }
         )
     models = []

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from app.api import chat, conversations, diagnostics, health, readiness
 from app.api import lifecycle as lifecycle_api
+from app.api import runtime as runtime_api
 from app.api.edge import EdgePolicy
 from app.api.middleware import KeelMiddleware
 from app.api.problems import install_error_handlers
@@ -29,6 +30,7 @@ from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
 from app.providers.registry import providers_component
 from app.readiness.component import ReadinessComponent
+from app.runtime.component import RuntimeComponent
 from app.settings import ConfigError, Settings, load_settings
 from app.store.component import store_services
 from app.store.database import Database
@@ -66,6 +68,7 @@ def default_components() -> list[Component]:
         _store,
         store_services,
         LifecycleComponent(),
+        RuntimeComponent(),
         providers_component(),
         ReadinessComponent(),
     ]
@@ -132,6 +135,7 @@ def create_app(
     app.include_router(conversations.router)
     app.include_router(lifecycle_api.router)
     app.include_router(diagnostics.router)
+    app.include_router(runtime_api.router)
     app.include_router(readiness.router)
     return app
 

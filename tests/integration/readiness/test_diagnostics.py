@@ -39,7 +39,13 @@ async def test_each_subject_once_and_the_filter(setup: Setup) -> None:
         for section in ("providers", "models", "downloads")
         for e in everything[section]
     ]
-    assert sorted(subjects) == ["model:gemma-mini", "provider:backup", "provider:cloud"]
+    # provider:local: the local runtime's guard (limiter, breaker) for the manifest's models.
+    assert sorted(subjects) == [
+        "model:gemma-mini",
+        "provider:backup",
+        "provider:cloud",
+        "provider:local",
+    ]
     assert len(subjects) == len(set(subjects))
     assert set(everything) == {"runtime", "providers", "models", "downloads", "transitions"}
     assert everything["runtime"] == {"attached": True}

@@ -33,6 +33,8 @@ from pydantic_settings import (
 
 from app.observability.redact import redact_url
 from app.resilience.config import BreakerConfig, RetryConfig
+from app.settings_errors import ConfigError as ConfigError
+from app.settings_errors import explain, read_toml
 
 DEFAULT_CONFIG_FILE = Path("keel.toml")
 # The local runtime's provider name when keel.toml declares no provider of kind "local":
@@ -125,6 +127,12 @@ class ProviderSettings(_Section):
     http_transport: Literal["httpx", "aiohttp"] = "aiohttp"
     retry: dict[str, Any] = Field(default_factory=dict)
     breaker: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _needs_base_url(self) -> ProviderSettings:
+        if self.kind == "openai" and not self.base_url.strip():
+            raise ValueError('base_url is required for kind = "openai"')
+        return self
 
     def api_key(self) -> str | None:
         """The secret itself, read at use; it is never stored in settings or printed."""
@@ -277,6 +285,11 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters")
         return v
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, v: Any) -> Any:
+        return v.strip().upper() if isinstance(v, str) else v
+
     @field_validator("allowed_hosts", "cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, v: Any) -> Any:
@@ -374,10 +387,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class ConfigError(Exception):
-    """A setting is invalid; the message is one line naming the setting."""
-
-
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -408,17 +417,15 @@ def effective_breaker(
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build Settings, turning pydantic's report into one line per the start-up contract."""
+    """Build Settings, turning pydantic's report into one line per the start-up contract: the
+    environment variable, or the config file and TOML key, that holds the bad value."""
+    path = config_file_path()
+    written = read_toml(path) if path is not None else {}
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = "__".join(str(p) for p in first["loc"]).upper()
-        msg = first["msg"].removeprefix("Value error, ")
-        if not loc:  # a check across settings: the message names them itself
-            raise ConfigError(f"invalid configuration: {msg}") from None
-        raise ConfigError(f"invalid setting KEEL_{loc}: {msg}") from None
-    except ValueError as exc:  # malformed TOML or env JSON
+        raise ConfigError(explain(exc.errors()[0], path, written, Settings)) from None
+    except ValueError as exc:  # malformed env JSON
         raise ConfigError(f"invalid configuration: {str(exc).splitlines()[0]}") from None
 
 

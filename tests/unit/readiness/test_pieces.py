@@ -72,7 +72,7 @@ def test_runtime_probe_never_imports() -> None:
 
 
 def test_provider_check_reads_the_variable_name_only() -> None:
-    cfg = ProviderSettings(api_key_env="SOME_KEY", models=["m"])
+    cfg = ProviderSettings(base_url="http://127.0.0.1:9/v1", api_key_env="SOME_KEY", models=["m"])
     missing = check_provider("p", cfg, {"state": "closed"}, environ={})
     assert [r.code for r in missing.reasons] == ["provider_key_missing"]
     ok = check_provider("p", cfg, {"state": "closed"}, environ={"SOME_KEY": "sk-secret-value"})

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from app.lifecycle.manifest import ManifestError
+from app.lifecycle.ownership import ROOT_MARKER
 from tests.conftest import asgi_client
 from tests.fakes.servers import ServerThread
 from tests.integration.lifecycle.conftest import Harness, payload, wait_state
@@ -112,7 +113,8 @@ async def test_unsafe_model_ids_are_rejected(harness: Harness, bad: str) -> None
         )
         assert bundle.status_code == 422 or bundle.json()["code"] == "model_not_found"
     assert harness.server.requests == []
-    assert sorted(p.name for p in (harness.data_dir / "models").iterdir()) == []
+    # Only the root's own marker (written at start-up) is there.
+    assert sorted(p.name for p in (harness.data_dir / "models").iterdir()) == [ROOT_MARKER]
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,11 @@ def _conversation(c: httpx.Client) -> str:
     return str(resp.json()["id"])
 
 
+def _items(c: httpx.Client, cid: str) -> list[tuple[str, list[dict[str, object]]]]:
+    page = c.get(f"/v1/conversations/{cid}/items", params={"order": "asc"}).json()
+    return [(i["role"], i["content"]) for i in page["data"]]
+
+
 def test_conversation_gets_both_turns_in_one_version(
     keel: ServerThread, upstream: FakeUpstream
 ) -> None:
@@ -77,9 +82,12 @@ def test_conversation_gets_both_turns_in_one_version(
         assert resp.status_code == 200, resp.text
         conv = c.get(f"/v1/conversations/{cid}").json()
         assert conv["version"] == before + 1
-        assert [(m["role"], m["content"]) for m in conv["messages"]] == [
-            ("user", "remember me"),
-            ("assistant", "echo: remember me"),
+        assert _items(c, cid) == [  # items, as the Conversations API reads them
+            ("user", [{"type": "input_text", "text": "remember me"}]),
+            (
+                "assistant",
+                [{"type": "output_text", "text": "echo: remember me", "annotations": []}],
+            ),
         ]
         assert "conversation_id" not in (upstream.requests[-1].body or {})
 
@@ -89,8 +97,9 @@ def test_conversation_gets_both_turns_in_one_version(
         assert streamed.text.rstrip().endswith("data: [DONE]")
         conv = c.get(f"/v1/conversations/{cid}").json()
         assert conv["version"] == before + 2
-        assert conv["messages"][-1]["role"] == "assistant"
-        assert conv["messages"][-1]["content"].startswith("echo:")
+        role, content = _items(c, cid)[-1]
+        assert role == "assistant"
+        assert str(content[0]["text"]).startswith("echo:")
 
 
 def test_failed_or_broken_turn_writes_nothing(keel: ServerThread, upstream: FakeUpstream) -> None:
@@ -110,7 +119,7 @@ def test_failed_or_broken_turn_writes_nothing(keel: ServerThread, upstream: Fake
         assert "event: error" in broken.text
         conv = c.get(f"/v1/conversations/{cid}").json()
         assert conv["version"] == version
-        assert conv["messages"] == []
+        assert _items(c, cid) == []
         missing = c.post(
             "/v1/chat/completions", json=chat_body("z", conversation_id="no-such-conversation")
         )

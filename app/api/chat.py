@@ -105,7 +105,9 @@ async def chat_completions(request: Request) -> Response:
     targets = chat.router.resolve(payload.model)
     deadline = chat.deadline_for(targets, _timeout_header(x_request_timeout))
     # Forward what the client sent, minus Keel's own extension fields.
-    body: dict[str, Any] = payload.model_dump(exclude_unset=True, exclude={"conversation_id"})
+    body: dict[str, Any] = payload.model_dump(
+        exclude_unset=True, exclude={"conversation_id", "conversation"}
+    )
     cid = payload.conversation_id
     turns = new_user_turns(body["messages"]) if cid else []
     if cid:

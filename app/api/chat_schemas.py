@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_MESSAGES = 1000
 MAX_CONTENT_CHARS = 200_000
@@ -18,6 +18,12 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = Field(default=None)
 
 
+class ConversationRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(max_length=64)
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -26,6 +32,19 @@ class ChatRequest(BaseModel):
     stream: bool = False
     # Keel's extension: persist this turn into a stored conversation after success.
     conversation_id: str | None = Field(default=None, max_length=64)
+    # OpenAI's spelling (Responses API): an id or {"id": ...}; folded into conversation_id.
+    conversation: str | ConversationRef | None = None
+
+    @model_validator(mode="after")
+    def _one_conversation(self) -> ChatRequest:
+        if self.conversation is not None:
+            named = (
+                self.conversation if isinstance(self.conversation, str) else self.conversation.id
+            )
+            if self.conversation_id not in (None, named):
+                raise ValueError("conversation and conversation_id name different conversations")
+            self.conversation_id = named
+        return self
 
 
 def content_chars(message: ChatMessage) -> int:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import httpx
+import openai
+import pytest
+from openai.types.conversations import Message
 
 from tests.fakes.servers import ServerThread
 from tests.fakes.upstream import FakeUpstream
@@ -125,3 +128,30 @@ def test_failed_or_broken_turn_writes_nothing(keel: ServerThread, upstream: Fake
         )
         assert missing.status_code == 404
     assert upstream.calls == 2  # the missing conversation was refused before any upstream call
+
+
+def test_openai_conversation_field_persists_items(
+    keel: ServerThread, upstream: FakeUpstream
+) -> None:
+    client = openai.OpenAI(base_url=keel.url + "/v1", api_key="unused", max_retries=0)
+    conv = client.conversations.create()
+    for ref in (conv.id, {"id": conv.id}):  # OpenAI's two spellings of `conversation`
+        client.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"conversation": ref},
+        )
+        assert "conversation" not in (upstream.requests[-1].body or {})
+    items = list(client.conversations.items.list(conv.id, order="asc"))
+    assert [(i.role, i.content[0].type) for i in items if isinstance(i, Message)] == [
+        ("user", "input_text"),
+        ("assistant", "output_text"),
+    ] * 2
+    assert (client.conversations.retrieve(conv.id).model_extra or {})["version"] == 3
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"conversation": conv.id, "conversation_id": "another"},
+        )
+    client.close()

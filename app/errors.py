@@ -1,4 +1,4 @@
-"""The error catalogue: every failure a user can see, and the one renderer of problem+json.
+"""The error catalogue: every failure a user can see, as a table of classes.
 
 Hierarchy::
 
@@ -10,6 +10,10 @@ Hierarchy::
      │    └── ModelNotFound         404 model_not_found
      ├── MethodNotAllowed           405 method_not_allowed
      ├── PayloadTooLarge            413 payload_too_large
+     ├── RequestTimeout             408 request_timeout
+     ├── OriginNotAllowed           403 origin_not_allowed
+     ├── UnsupportedMediaType       415 unsupported_media_type
+     ├── HostNotAllowed             421 host_not_allowed
      ├── VersionConflict            409 version_conflict       (+ current_version)
      ├── PreconditionFailed         412 precondition_failed    (+ current_version)
      ├── PreconditionRequired       428 precondition_required  (+ current_version)
@@ -17,41 +21,52 @@ Hierarchy::
      ├── IdempotencyInProgress      409 idempotency_in_progress
      ├── ModelNotReady              409 model_not_ready
      ├── CapabilityUnavailable      503 capability_unavailable
-     ├── CircuitOpen                503 circuit_open
+     ├── CircuitOpen                503 circuit_open           (x-should-retry if the wait is short)
      ├── RetryBudgetExhausted       503 retry_budget_exhausted
-     ├── Overloaded                 503 overloaded
+     ├── Overloaded                 503 overloaded             (x-should-retry: true)
+     ├── RateLimited                429 rate_limited           (the provider's 429, after retries)
      ├── DeadlineExceeded           504 deadline_exceeded
      ├── UpstreamError              502 upstream_error
      ├── UpstreamTimeout            504 upstream_timeout
      ├── UpstreamRejected           400 upstream_rejected      (the provider's 4xx, sanitized)
+     │    ├── UpstreamNotFound      404 upstream_not_found
+     │    └── UpstreamUnprocessable 422 upstream_unprocessable
+     ├── UpstreamAuthFailed         502 upstream_auth_failed   (the provider's 401/403)
      ├── ChecksumMismatch           422 checksum_mismatch
      ├── InsufficientStorage        507 insufficient_storage
      ├── DownloadFailed             502 download_failed
+     ├── ModelLoadFailed            503 model_load_failed
      ├── MemoryBudgetExceeded       507 memory_budget_exceeded
      ├── DataCorrupted              500 data_corrupted
      └── InternalError              500 internal_error
 
+Every problem body also carries the OpenAI error envelope ``error: {message, type, code,
+param}`` and every error response ``x-should-retry``, so the official SDKs show the message and
+do not stack their retries on Keel's (docs/errors.md).
+
 ``detail`` is written for the caller. It never carries exception text, paths, SQL, upstream
 bodies or secrets: raise sites pass a sentence of their own, and the full error goes to the log.
+
+No framework imports here: ``app/api/problems.py`` renders these as problem+json responses
+and installs the handlers, so services and the CLI can raise without loading FastAPI.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Sequence
 from typing import Any, ClassVar
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger("keel.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 # Not dereferenceable on purpose: docs/errors.md is the documentation of every code.
 TYPE_BASE = "urn:keel:problem:"
+
+
+# A client-side retry after this short a wait can succeed without multiplying provider calls
+# (Keel refused before calling anyone); longer waits are for the application, not the SDK.
+SHORT_WAIT_S = 2.0
+
+# The OpenAI error ``type`` for a status, so SDK users see the family they know.
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
 class KeelError(Exception):
@@ -59,6 +74,9 @@ class KeelError(Exception):
     status_code: ClassVar[int] = 500
     title: ClassVar[str] = "Internal error"
     retryable: ClassVar[bool] = False
+    # ``x-should-retry`` for the official SDKs: may the client retry at once (after
+    # Retry-After)? False unless a subclass knows that Keel refused without calling anyone.
+    client_retry: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -66,6 +84,7 @@ class KeelError(Exception):
         *,
         retry_after: float | None = None,
         current_version: int | None = None,
+        param: str | None = None,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
@@ -73,8 +92,21 @@ class KeelError(Exception):
         self.detail = detail or self.title
         self.retry_after = retry_after
         self.current_version = current_version
+        self.param = param
         self.extra = extra or {}
         self.headers = headers or {}
+
+    @property
+    def should_retry(self) -> bool:
+        return self.client_retry
+
+    def envelope(self) -> dict[str, Any]:
+        """The OpenAI error object: what the official SDKs read into ``e.message``/``e.code``."""
+        status = self.status_code
+        kind = _OPENAI_TYPES.get(status) or (
+            "invalid_request_error" if status < 500 else "server_error"
+        )
+        return {"message": self.detail, "type": kind, "code": self.code, "param": self.param}
 
     def problem(self, request_id: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -91,6 +123,7 @@ class KeelError(Exception):
         if self.current_version is not None:
             body["current_version"] = self.current_version
         body.update(self.extra)
+        body["error"] = self.envelope()
         return body
 
     def response_headers(self) -> dict[str, str]:
@@ -99,6 +132,7 @@ class KeelError(Exception):
             headers["Retry-After"] = str(retry_after_seconds(self.retry_after))
         elif self.status_code in (429, 503):
             headers["Retry-After"] = "1"
+        headers["x-should-retry"] = "true" if self.should_retry else "false"
         return headers
 
 
@@ -138,6 +172,22 @@ class PayloadTooLarge(KeelError):
     code, status_code, title = "payload_too_large", 413, "Payload too large"
 
 
+class RequestTimeout(KeelError):
+    code, status_code, title, retryable = "request_timeout", 408, "Request timeout", True
+
+
+class OriginNotAllowed(KeelError):
+    code, status_code, title = "origin_not_allowed", 403, "Cross-origin request refused"
+
+
+class UnsupportedMediaType(KeelError):
+    code, status_code, title = "unsupported_media_type", 415, "Unsupported media type"
+
+
+class HostNotAllowed(KeelError):
+    code, status_code, title = "host_not_allowed", 421, "Host not allowed"
+
+
 class VersionConflict(KeelError):
     code, status_code, title = "version_conflict", 409, "Version conflict"
 
@@ -156,12 +206,13 @@ class IdempotencyKeyReused(KeelError):
 
 
 class IdempotencyInProgress(KeelError):
-    code, status_code, retryable = "idempotency_in_progress", 409, True
+    code, status_code, retryable, client_retry = "idempotency_in_progress", 409, True, True
     title = "A request with this idempotency key is still running"
 
 
 class ModelNotReady(KeelError):
     code, status_code, title, retryable = "model_not_ready", 409, "Model not ready", True
+    client_retry = True
 
 
 class CapabilityUnavailable(KeelError):
@@ -172,6 +223,11 @@ class CapabilityUnavailable(KeelError):
 class CircuitOpen(KeelError):
     code, status_code, title, retryable = "circuit_open", 503, "Circuit open", True
 
+    @property
+    def should_retry(self) -> bool:
+        # A breaker about to half-open is worth one SDK retry; a long open period is not.
+        return self.retry_after is not None and self.retry_after <= SHORT_WAIT_S
+
 
 class RetryBudgetExhausted(KeelError):
     code, status_code, retryable = "retry_budget_exhausted", 503, True
@@ -180,6 +236,11 @@ class RetryBudgetExhausted(KeelError):
 
 class Overloaded(KeelError):
     code, status_code, title, retryable = "overloaded", 503, "Overloaded", True
+    client_retry = True  # shed before any provider call: a retry costs the provider nothing
+
+
+class RateLimited(KeelError):
+    code, status_code, title, retryable = "rate_limited", 429, "Rate limited", True
 
 
 class DeadlineExceeded(KeelError):
@@ -199,6 +260,23 @@ class UpstreamRejected(KeelError):
     title = "The provider rejected the request"
 
 
+class UpstreamNotFound(UpstreamRejected):
+    code, status_code = "upstream_not_found", 404
+    title = "The provider does not know this model or resource"
+
+
+class UpstreamUnprocessable(UpstreamRejected):
+    code, status_code = "upstream_unprocessable", 422
+    title = "The provider could not process the request"
+
+
+class UpstreamAuthFailed(KeelError):
+    """The provider refused Keel's own credentials: an operator's fix, not the caller's."""
+
+    code, status_code = "upstream_auth_failed", 502
+    title = "The provider refused Keel's credentials"
+
+
 class ChecksumMismatch(KeelError):
     code, status_code, title = "checksum_mismatch", 422, "Checksum mismatch"
 
@@ -209,6 +287,10 @@ class InsufficientStorage(KeelError):
 
 class DownloadFailed(KeelError):
     code, status_code, title, retryable = "download_failed", 502, "Download failed", True
+
+
+class ModelLoadFailed(KeelError):
+    code, status_code, title, retryable = "model_load_failed", 503, "Model failed to load", True
 
 
 class MemoryBudgetExceeded(KeelError):
@@ -223,15 +305,6 @@ class InternalError(KeelError):
     code, status_code, title = "internal_error", 500, "Internal error"
 
 
-class BodyTooLarge(StarletteHTTPException):
-    """Raised while the body streams in. An HTTPException because FastAPI turns any other
-    exception raised during body parsing into a 400."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(status_code=413)
-        self.limit = limit
-
-
 def catalogue() -> dict[str, type[KeelError]]:
     """Every code, for docs and tests; built from the class tree so it cannot drift."""
     out: dict[str, type[KeelError]] = {}
@@ -241,79 +314,3 @@ def catalogue() -> dict[str, type[KeelError]]:
         out[cls.code] = cls
         stack.extend(cls.__subclasses__())
     return out
-
-
-def request_id_of(request: Request) -> str | None:
-    rid = getattr(request.state, "request_id", None)
-    return rid if isinstance(rid, str) else None
-
-
-def problem_response(exc: KeelError, request_id: str | None) -> JSONResponse:
-    headers = exc.response_headers()
-    if request_id:
-        headers["X-Request-Id"] = request_id
-    return JSONResponse(
-        exc.problem(request_id),
-        status_code=exc.status_code,
-        headers=headers,
-        media_type=PROBLEM_CONTENT_TYPE,
-    )
-
-
-def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
-    """Field paths and messages only: pydantic's ``input`` and ``ctx`` would echo values."""
-    out = []
-    for err in errors[:50]:
-        loc = [str(p) for p in err.get("loc", ())]
-        out.append({"field": ".".join(loc), "message": str(err.get("msg", "invalid"))[:200]})
-    return out
-
-
-async def _keel_error_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, KeelError)
-    if exc.status_code >= 500:
-        log.warning(
-            "request failed: %s",
-            exc.code,
-            extra={"request_id": request_id_of(request), "code": exc.code},
-            exc_info=exc.__cause__ is not None,
-        )
-    return problem_response(exc, request_id_of(request))
-
-
-async def _validation_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    errors = field_errors(exc.errors())
-    detail = "Invalid request: " + ", ".join(e["field"] for e in errors[:5])
-    err = ValidationFailed(detail, extra={"errors": errors})
-    return problem_response(err, request_id_of(request))
-
-
-async def _http_exception_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    mapped: KeelError
-    if isinstance(exc, BodyTooLarge):
-        mapped = PayloadTooLarge(
-            f"The request body exceeds {exc.limit} bytes.", extra={"limit": exc.limit}
-        )
-    elif exc.status_code == 404:
-        mapped = NotFound("No such resource.")
-    elif exc.status_code == 405:
-        mapped = MethodNotAllowed("This method is not allowed on this resource.")
-    elif exc.status_code == 413:
-        mapped = PayloadTooLarge("The request body is too large.")
-    elif exc.status_code == 401:
-        mapped = Unauthorized("A valid bearer token is required.")
-    elif exc.status_code < 500:
-        mapped = BadRequest("The request could not be processed.")
-    else:
-        mapped = InternalError("An internal error occurred.")
-    return problem_response(mapped, request_id_of(request))
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Catalogue errors, validation and routing errors. Unknown exceptions are rendered by
-    ``KeelMiddleware``, which knows whether a response has already started."""
-    app.add_exception_handler(KeelError, _keel_error_handler)
-    app.add_exception_handler(RequestValidationError, _validation_handler)
-    app.add_exception_handler(StarletteHTTPException, _http_exception_handler)

@@ -20,8 +20,9 @@ from fastapi import FastAPI
 
 from app.api import chat, conversations, diagnostics, health
 from app.api import lifecycle as lifecycle_api
+from app.api.edge import EdgePolicy
 from app.api.middleware import KeelMiddleware
-from app.errors import install_error_handlers
+from app.api.problems import install_error_handlers
 from app.lifecycle.component import LifecycleComponent
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics
@@ -117,6 +118,7 @@ def create_app(
         metrics=metrics,
         api_token=settings.api_token.get_secret_value() if settings.api_token else None,
         max_body_bytes=settings.max_body_bytes,
+        edge=EdgePolicy(settings.effective_allowed_hosts, settings.cors_origins),
     )
     app.include_router(chat.router)
     app.include_router(health.router)

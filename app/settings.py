@@ -8,10 +8,11 @@ default in ``.env.example``; the TOML-only tables (providers, routes) are docume
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -24,12 +25,19 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from app.observability.redact import redact_url
+from app.resilience.config import BreakerConfig, RetryConfig
+
 DEFAULT_CONFIG_FILE = Path("keel.toml")
+# The local runtime's provider name when keel.toml declares no provider of kind "local":
+# routes may always name local models as ``local/<model id>``.
+LOCAL_PROVIDER = "local"
 
 
 class _Section(BaseModel):
@@ -43,11 +51,15 @@ class RetrySettings(_Section):
     budget_ratio: float = Field(0.2, ge=0, le=1, description="retries / requests over 10 s")
     budget_min_per_s: float = Field(10, ge=0, le=10_000, description="retry floor per second")
 
+    def to_config(self) -> RetryConfig:
+        return RetryConfig(**self.model_dump())
+
 
 class BreakerSettings(_Section):
+    # Defaults chosen so independent errors up to 30 % do not trip it (docs/resilience.md).
     window: Literal["count", "time"] = "count"
-    window_size: int = Field(20, ge=1, le=10_000)
-    min_calls: int = Field(10, ge=1, le=10_000)
+    window_size: int = Field(200, ge=1, le=10_000)
+    min_calls: int = Field(100, ge=1, le=10_000)
     failure_rate: float = Field(0.5, gt=0, le=1)
     slow_call_s: float = Field(30.0, gt=0)
     slow_call_rate: float = Field(1.0, gt=0, le=1)
@@ -60,6 +72,9 @@ class BreakerSettings(_Section):
         if self.open_max_s < self.open_s:
             raise ValueError("open_max_s must be >= open_s")
         return self
+
+    def to_config(self) -> BreakerConfig:
+        return BreakerConfig(**self.model_dump())
 
 
 class ResilienceSettings(_Section):
@@ -135,6 +150,50 @@ class DownloadSettings(_Section):
     reap_interval_s: float = Field(3600.0, gt=0, description="stale partial sweep period")
 
 
+class RuntimeBreakerSettings(_Section):
+    """The model-initialisation breaker (DESIGN §5 semantics, over load attempts)."""
+
+    min_calls: int = Field(2, ge=1, le=100, description="load attempts before the rate counts")
+    failure_rate: float = Field(0.5, gt=0, le=1, description="failed loads / loads that opens it")
+    window_size: int = Field(4, ge=1, le=100, description="last load attempts evaluated")
+    open_s: float = Field(10.0, gt=0, description="first cooldown; doubles on consecutive re-opens")
+    open_max_s: float = Field(300.0, gt=0, description="longest cooldown")
+
+    @model_validator(mode="after")
+    def _open_bounds(self) -> RuntimeBreakerSettings:
+        if self.open_max_s < self.open_s:
+            raise ValueError("open_max_s must be >= open_s")
+        return self
+
+
+class RuntimeSettings(_Section):
+    """Local models: one supervised llama.cpp worker process per loaded model."""
+
+    keep_alive_s: float = Field(
+        300.0, ge=0, le=7 * 86_400, description="unload a model idle this long; 0 = after each use"
+    )
+    max_loaded: int = Field(2, ge=1, le=64, description="models resident at once")
+    memory_budget_mb: int = Field(
+        4096, ge=1, description="hard limit for all resident models' memory (estimate, then RSS)"
+    )
+    n_threads: int = Field(1, ge=1, le=256, description="threads per worker")
+    n_ctx: int = Field(2048, ge=128, le=1_048_576, description="context length in tokens")
+    load_timeout_s: float = Field(60.0, gt=0, le=3600, description="whole load")
+    load_stall_s: float = Field(
+        15.0, gt=0, le=3600, description="no load progress and no stderr this long -> killed"
+    )
+    token_stall_s: float = Field(
+        10.0, gt=0, le=3600, description="no token this long mid-generation -> worker killed"
+    )
+    max_queue_wait_s: float = Field(
+        5.0, ge=0, le=600, description="wait for the model's one generation slot, then 503"
+    )
+    stop_grace_s: float = Field(
+        5.0, gt=0, le=600, description="after shutdown/SIGTERM, wait this long before SIGKILL"
+    )
+    breaker: RuntimeBreakerSettings = RuntimeBreakerSettings()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="KEEL_",
@@ -155,18 +214,34 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     timeline_size: int = Field(500, ge=10, le=100_000)
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)
 
     resilience: ResilienceSettings = ResilienceSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     routes: dict[str, list[str]] = Field(default_factory=dict)
     store: StoreSettings = StoreSettings()
     downloads: DownloadSettings = DownloadSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
 
     @field_validator("api_token")
     @classmethod
     def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and len(v.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
+        return v
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        # Environment values are comma-separated (a JSON list also works).
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
         return v
 
     @model_validator(mode="after")
@@ -184,15 +259,29 @@ class Settings(BaseSettings):
                 raise ValueError(f"routes.{route}: needs at least one target")
             for target in targets:
                 provider, sep, model = target.partition("/")
-                if not sep or not model or provider not in self.providers:
+                known = provider in self.providers or provider == LOCAL_PROVIDER
+                if not sep or not model or not known:
                     raise ValueError(
                         f"routes.{route}: target {target!r} names no configured provider"
                     )
+        if sum(1 for p in self.providers.values() if p.kind == "local") > 1:
+            raise ValueError('providers: at most one provider may have kind = "local"')
         for name, p in self.providers.items():
             # ConfigError is not a ValueError: pydantic lets it through with its one-line text.
             effective_retry(self.resilience.retry, p.retry, provider=name)
             effective_breaker(self.resilience.breaker, p.breaker, provider=name)
         return self
+
+    @property
+    def effective_allowed_hosts(self) -> list[str]:
+        """``KEEL_ALLOWED_HOSTS``, else the loopback names and the bind address."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        hosts = ["localhost", "127.0.0.1", "::1"]
+        bind = self.host.strip("[]").lower()
+        if bind not in hosts and bind not in ("0.0.0.0", "::", ""):  # noqa: S104  # a wildcard bind names no host
+            hosts.append(bind)
+        return hosts
 
     @property
     def effective_database_url(self) -> str:
@@ -289,15 +378,8 @@ def redacted_dump(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     if settings.api_token is not None:
         data["api_token"] = "**********"  # noqa: S105  # the redaction mask
-    data["database_url"] = _redact_url(settings.effective_database_url)
+    data["database_url"] = redact_url(settings.effective_database_url)
+    for name, provider in settings.providers.items():
+        # A token before the @ of an upstream URL is a credential even without a colon.
+        data["providers"][name]["base_url"] = redact_url(provider.base_url, keep_user=False)
     return data
-
-
-def _redact_url(url: str) -> str:
-    # postgresql+asyncpg://user:password@host/db -> postgresql+asyncpg://user:***@host/db
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, hostpart = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hostpart}" if ":" in creds else url

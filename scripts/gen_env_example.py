@@ -36,6 +36,12 @@ DOCS = {
     "log_level": "DEBUG | INFO | WARNING | ERROR",
     "max_body_bytes": "request body limit in bytes (413 beyond)",
     "timeline_size": "state transitions kept for /v1/diagnostics",
+    "allowed_hosts": "Host header names accepted, comma-separated, '*' = any; "
+    "default: localhost, 127.0.0.1, ::1 and KEEL_HOST",
+    "cors_origins": "browser origins (scheme://host:port) allowed to call the API, "
+    "comma-separated; default none",
+    "header_timeout_s": "a request's headers must arrive within this many seconds (else closed)",
+    "body_timeout_s": "a request's body must arrive within this many seconds after its headers",
 }
 
 
@@ -59,6 +65,8 @@ def render() -> str:
                 if value is None
                 else str(value).lower()
                 if isinstance(value, bool)
+                else ",".join(value)
+                if isinstance(value, list)
                 else (str(value))
             )
             lines.append(f"# {desc}")

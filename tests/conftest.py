@@ -88,7 +88,7 @@ class asgi_client:  # reads as a context-manager function at call sites
         await self.manager.__aenter__()
         transport = httpx.ASGITransport(app=self.manager.app, raise_app_exceptions=False)
         self.client = httpx.AsyncClient(
-            transport=transport, base_url="http://keel.test", headers=self.headers
+            transport=transport, base_url="http://localhost", headers=self.headers
         )
         return self.client
 

@@ -3,7 +3,6 @@ answers, ChatRecords what the turn leaves behind."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -14,6 +13,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from app.api.chat_schemas import MAX_CONTENT_CHARS, ChatRequest, content_chars
+from app.api.problems import error_event
 from app.api.sse import ClientDisconnected, EventStreamResponse, until_disconnect
 from app.errors import (
     DeadlineExceeded,
@@ -222,16 +222,12 @@ async def _relay(
             "stream failed after it started", extra={"request_id": request_id, "reason": exc.reason}
         )
         problem = UpstreamError("The provider's stream failed before it finished.")
-        yield _error_event(problem, request_id)
+        yield error_event(problem, request_id)
     except KeelError as exc:
-        yield _error_event(exc, request_id)
+        yield error_event(exc, request_id)
     finally:
         if recording and not finished:
             await records.abandon(claim)
-
-
-def _error_event(exc: KeelError, request_id: str) -> bytes:
-    return b"event: error\ndata: " + json.dumps(exc.problem(request_id)).encode() + b"\n\n"
 
 
 @router.get("/v1/models")

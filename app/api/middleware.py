@@ -1,6 +1,7 @@
 """The one ASGI middleware in front of every route.
 
-It gives each request an id, enforces the bearer token on ``/v1/*`` and the body size limit,
+It gives each request an id, applies the edge policy (``app/api/edge.py``: Host, Origin and
+CORS, JSON bodies), enforces the bearer token on ``/v1/*`` and the body size limit,
 turns unknown exceptions into a 500 problem (while nothing has been sent yet), records the HTTP
 metrics under the route template, and writes one log line per request. A pure ASGI class
 rather than ``BaseHTTPMiddleware`` so streaming responses pass through untouched.
@@ -17,7 +18,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BodyTooLarge, KeelError, PayloadTooLarge, Unauthorized, problem_response
+from app.api.edge import HEADERS as EDGE_HEADERS
+from app.api.edge import EdgePolicy, Preflight, Verdict
+from app.api.problems import BodyTooLarge, problem_response
+from app.errors import BadRequest, KeelError, PayloadTooLarge, Unauthorized
 from app.errors import InternalError as InternalErrorProblem
 from app.observability.metrics import Metrics
 
@@ -26,6 +30,7 @@ log = logging.getLogger("keel.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _UNMATCHED = "unmatched"
 _UNMETERED_PATHS = frozenset({"/metrics"})
+_ADMITTED = Verdict()
 
 
 class KeelMiddleware:
@@ -36,8 +41,10 @@ class KeelMiddleware:
         metrics: Metrics,
         api_token: str | None,
         max_body_bytes: int,
+        edge: EdgePolicy | None = None,
     ) -> None:
         self.app = app
+        self.edge = edge
         self.metrics = metrics
         self.token = api_token.encode() if api_token else None
         self.max_body = max_body_bytes
@@ -49,7 +56,7 @@ class KeelMiddleware:
             await self.app(scope, receive, send)
             return
 
-        headers = _headers(scope)
+        headers, repeated = _headers(scope)
         incoming = headers.get("x-request-id", "")
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
@@ -57,6 +64,7 @@ class KeelMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
+        cors: list[tuple[bytes, bytes]] | None = None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
@@ -66,14 +74,27 @@ class KeelMiddleware:
                 raw = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in raw):
                     raw.append((b"x-request-id", request_id.encode()))
+                if cors:
+                    raw.extend(cors)
                 message = {**message, "headers": raw}
             await send(message)
 
         self.metrics.http_in_flight.inc()
         try:
-            rejection = self._reject(path, headers)
-            if rejection is not None:
-                await problem_response(rejection, request_id)(scope, receive, send_wrapper)
+            verdict = self._admit(scope["method"], path, headers, repeated)
+            if isinstance(verdict, Preflight):
+                cors = verdict.headers
+                await send_wrapper({"type": "http.response.start", "status": 204, "headers": []})
+                await send_wrapper({"type": "http.response.body", "body": b""})
+                return
+            if isinstance(verdict, Verdict):
+                # An allowed origin may read every answer from here on, refusals included.
+                cors = verdict.cors
+                refusal = self._reject(path, headers)
+            else:
+                refusal = verdict
+            if refusal is not None:
+                await problem_response(refusal, request_id)(scope, receive, send_wrapper)
             else:
                 await self.app(scope, self._limited(receive), send_wrapper)
         except BodyTooLarge as exc:
@@ -101,6 +122,19 @@ class KeelMiddleware:
         finally:
             self.metrics.http_in_flight.dec()
             self._observe(scope, path, status, time.perf_counter() - started, request_id)
+
+    def _admit(
+        self, method: str, path: str, headers: dict[str, str], repeated: bytes | None
+    ) -> KeelError | Preflight | Verdict:
+        """What the edge makes of the headers: a refusal, a preflight answer, or admission."""
+        if repeated is not None:
+            # Two Authorization (or Host) headers: code that reads the first and code that
+            # reads the last would disagree about who is calling.
+            name = repeated.decode().title()
+            return BadRequest(f"Send one {name} header, not several.")
+        if self.edge is None:
+            return _ADMITTED
+        return self.edge.check(method, path, headers)
 
     def _reject(self, path: str, headers: dict[str, str]) -> KeelError | None:
         if self.token is not None and (path == "/v1" or path.startswith("/v1/")):
@@ -164,9 +198,19 @@ class KeelMiddleware:
         )
 
 
-_WANTED = frozenset({b"x-request-id", b"authorization", b"content-length"})
+_WANTED = frozenset({b"x-request-id", b"authorization", b"content-length"}) | EDGE_HEADERS
+_SINGLE = frozenset({b"authorization", b"host"})
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    """Only the headers this middleware reads (ASGI header names are already lower-case)."""
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
+def _headers(scope: Scope) -> tuple[dict[str, str], bytes | None]:
+    """Only the headers this middleware reads (ASGI header names are already lower-case), and
+    the name of a header that must appear once but came more than once."""
+    out: dict[str, str] = {}
+    repeated: bytes | None = None
+    for k, v in scope["headers"]:
+        if k in _WANTED:
+            name = k.decode("latin-1")
+            if k in _SINGLE and name in out:
+                repeated = k
+            out[name] = v.decode("latin-1")
+    return out, repeated

@@ -47,6 +47,7 @@ class ModelSpec:
     capability: Capability
     engine: str
     files: tuple[FileSpec, ...]
+    chat_format: str | None = None  # llama-cpp-python's name, for GGUFs without a template
 
     @property
     def total_bytes(self) -> int:
@@ -123,7 +124,7 @@ def parse_manifest(data: dict[str, Any], *, source: str = "manifest") -> list[Mo
 def _parse_model(entry: Any, where: str) -> ModelSpec:
     if not isinstance(entry, dict):
         raise ManifestError(f"{where}: must be a table")
-    unknown = set(entry) - {"id", "name", "capability", "engine", "files"}
+    unknown = set(entry) - {"id", "name", "capability", "engine", "files", "chat_format"}
     if unknown:
         raise ManifestError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     model_id = _str(entry, "id", where)
@@ -153,6 +154,7 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
         capability=capability,
         engine=_str(entry, "engine", where) if "engine" in entry else "",
         files=files,
+        chat_format=_str(entry, "chat_format", where) if "chat_format" in entry else None,
     )
 
 

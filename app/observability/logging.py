@@ -1,7 +1,8 @@
 """Structured logs: JSON lines in production, a readable line in a terminal.
 
 Anything passed in ``extra=`` (request_id, route, status, ...) becomes a field of the JSON
-object. Secrets never reach here: settings are logged only through ``redacted_dump``.
+object. Settings are logged only through ``redacted_dump``; URL credentials that reach a
+line anyway (an HTTP client's request log, an exception's text) are masked by ``redact_text``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from app.observability.redact import redact_text
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
@@ -33,7 +36,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return redact_text(json.dumps(out, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -47,7 +50,7 @@ class TextFormatter(logging.Formatter):
         line += record.getMessage() + (f"  {fields}" if fields else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact_text(line)
 
 
 def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:

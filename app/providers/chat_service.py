@@ -15,22 +15,23 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from app.chat.resilience import to_catalogue, upstream_error
 from app.errors import (
     CapabilityUnavailable,
     CircuitOpen,
     DeadlineExceeded,
     KeelError,
     Overloaded,
+    RateLimited,
     RetryBudgetExhausted,
-    UpstreamError,
     UpstreamRejected,
-    UpstreamTimeout,
 )
 from app.observability.metrics import Metrics
 from app.providers.base import ChatStream, Completion, Provider
 from app.providers.router import ModelRouter, Target
 from app.resilience.clock import Clock, MonotonicClock
 from app.resilience.deadline import Deadline
+from app.resilience.errors import DeadlinePassed, ResilienceError
 from app.resilience.failures import UpstreamFailure
 from app.resilience.guard import ProviderGuard
 from app.settings import Settings
@@ -163,38 +164,28 @@ class ChatService:
                 return answer
             except UpstreamFailure as exc:
                 attempts += exc.attempts
-                mapped = self._map_failure(exc, deadline)
+                mapped = upstream_error(exc, deadline, target.id)
                 if isinstance(mapped, UpstreamRejected | DeadlineExceeded):
-                    raise mapped from exc
+                    raise _costed(mapped, attempts) from exc
                 errors.append(mapped)
             except (CircuitOpen, Overloaded, RetryBudgetExhausted) as exc:
                 errors.append(exc)
-            except DeadlineExceeded:
+            except DeadlinePassed as exc:
+                raise _costed(to_catalogue(exc), attempts) from None
+            except ResilienceError as exc:  # a refusal: the next target may still answer
+                errors.append(to_catalogue(exc))
+            except DeadlineExceeded as exc:
+                _costed(exc, attempts)
                 raise
             log.info(
                 "target failed, falling back", extra={"target": target.id, "code": errors[-1].code}
             )
         if deadline.expired:
-            raise DeadlineExceeded("The request deadline passed before any target answered.")
-        raise self._final_error(errors)
-
-    @staticmethod
-    def _map_failure(exc: UpstreamFailure, deadline: Deadline) -> KeelError:
-        if deadline.expired:
-            return DeadlineExceeded("The request deadline passed before the provider answered.")
-        if exc.caller_error:
-            return UpstreamRejected(
-                f"The provider rejected the request (HTTP {exc.status_code}).",
-                extra={"upstream_status": exc.status_code},
+            raise _costed(
+                DeadlineExceeded("The request deadline passed before any target answered."),
+                attempts,
             )
-        if exc.reason == "timeout":
-            return UpstreamTimeout("The provider did not answer in time.")
-        detail = (
-            f"The provider failed (HTTP {exc.status_code})."
-            if exc.status_code
-            else "The provider could not be reached."
-        )
-        return UpstreamError(detail, retry_after=exc.retry_after)
+        raise _costed(self._final_error(errors), attempts)
 
     @staticmethod
     def _final_error(errors: list[KeelError]) -> KeelError:
@@ -203,9 +194,21 @@ class ChatService:
         if errors and all(isinstance(e, CircuitOpen) for e in errors):
             wait = min(e.retry_after or 1.0 for e in errors)
             return CircuitOpen("Every target's circuit is open.", retry_after=wait)
+        if errors and all(isinstance(e, RateLimited) for e in errors):
+            waits = [e.retry_after for e in errors if e.retry_after]
+            return RateLimited(
+                "Every provider for this model is rate limiting Keel.",
+                retry_after=min(waits) if waits else None,
+            )
         waits = [e.retry_after for e in errors if e.retry_after]
         return CapabilityUnavailable(
             "No target could answer this request.",
             retry_after=min(waits) if waits else 1.0,
             extra={"causes": sorted({e.code for e in errors})},
         )
+
+
+def _costed(exc: KeelError, attempts: int) -> KeelError:
+    """Tell the caller what the failure cost upstream, so it can see Keel already retried."""
+    exc.headers.setdefault("X-Keel-Attempts", str(attempts))
+    return exc

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,8 @@ from app.settings import ProviderSettings
 log = logging.getLogger("keel.providers.http")
 
 _MAX_ERROR_LOG = 300
+# The only piece of an upstream error body Keel passes on: the name of the field it blamed.
+_PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]-]{0,63}$")
 _DONE = b"data: [DONE]"
 
 
@@ -135,7 +138,9 @@ class OpenAIHTTPProvider:
                 "upstream_body": content[:_MAX_ERROR_LOG].decode("utf-8", "replace"),
             },
         )
-        return UpstreamFailure(status_code=resp.status_code, retry_after=retry_after)
+        return UpstreamFailure(
+            status_code=resp.status_code, retry_after=retry_after, param=_blamed_param(content)
+        )
 
 
 class HTTPChatStream:
@@ -170,6 +175,18 @@ class HTTPChatStream:
 
     async def aclose(self) -> None:
         await self._resp.aclose()
+
+
+def _blamed_param(content: bytes) -> str | None:
+    """``error.param`` of an OpenAI-style error body, if it is a plain field name."""
+    if not content.startswith(b"{") or len(content) > 65536:
+        return None
+    try:
+        error = json.loads(content).get("error")
+    except (ValueError, AttributeError):
+        return None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) and _PARAM.match(param) else None
 
 
 def _encode(body: dict[str, Any]) -> bytes:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from app.chat.resilience import build_guard
 from app.providers.base import Provider
 from app.providers.chat_records import ChatRecords
 from app.providers.chat_service import ChatService
@@ -26,7 +27,7 @@ def providers_component() -> Callable[[dict[str, Any]], Any]:
                 if cfg.kind != "openai":
                     continue  # local models join through the runtime (later issue)
                 providers[name] = OpenAIHTTPProvider(name, cfg)
-                guards[name] = ProviderGuard.from_settings(
+                guards[name] = build_guard(
                     name,
                     cfg,
                     settings.resilience,

@@ -61,5 +61,6 @@ class ModelRouter:
             return [Target(owners[0], model)]
         raise ModelNotFound(
             f"No route, provider model or local model is named '{model[:100]}'.",
+            param="model",
             extra={"model": model[:100]},
         )

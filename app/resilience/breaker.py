@@ -4,6 +4,7 @@ A provider that keeps failing should stop receiving traffic for a while (callers
 fall back instead of queueing on it), then be probed carefully. States::
 
     closed --(rate >= threshold after min_calls)--> open --(open duration)--> half_open
+    open --(an active probe succeeded: probe_succeeded())--> half_open
     half_open --(all trial permits recorded, rates below thresholds)--> closed
     half_open --(trial window over a threshold)--> open (duration doubles, up to open_max_s)
     any --force_open()--> forced_open      any --disable()--> disabled      any --reset()--> closed
@@ -40,10 +41,10 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from app.errors import CircuitOpen
 from app.resilience.budget import BucketRing
 from app.resilience.clock import Clock
-from app.settings import BreakerSettings
+from app.resilience.config import BreakerConfig
+from app.resilience.errors import CallNotPermitted
 
 log = logging.getLogger("keel.resilience.breaker")
 
@@ -149,7 +150,7 @@ class CircuitBreaker:
     def __init__(
         self,
         name: str,
-        config: BreakerSettings,
+        config: BreakerConfig,
         clock: Clock,
         *,
         listeners: tuple[TransitionListener, ...] = (),
@@ -210,25 +211,29 @@ class CircuitBreaker:
     # -- calls -----------------------------------------------------------------------------
 
     def acquire(self) -> Permit:
-        """A permit to call the upstream, or ``CircuitOpen`` with seconds until a trial."""
+        """A permit to call the upstream, or ``CallNotPermitted`` with seconds until a trial."""
         state = self.state
         if state in (BreakerState.CLOSED, BreakerState.DISABLED):
             return Permit(self._epoch, trial=False)
         if state is BreakerState.OPEN:
             wait = self._open_until - self._clock.now()
-            raise CircuitOpen(
+            raise CallNotPermitted(
                 f"Provider '{self.name}' is failing; calls resume on trial in {wait:.1f} s.",
                 retry_after=wait,
+                state=state.value,
             )
         if state is BreakerState.HALF_OPEN:
             if self._free_permits > 0:
                 self._free_permits -= 1
                 return Permit(self._epoch, trial=True)
-            raise CircuitOpen(
+            raise CallNotPermitted(
                 f"Provider '{self.name}' is being probed; try again shortly.",
                 retry_after=self._busy_retry_after,
+                state=state.value,
             )
-        raise CircuitOpen(f"Provider '{self.name}' was switched off by an operator.")
+        raise CallNotPermitted(
+            f"Provider '{self.name}' was switched off by an operator.", state=state.value
+        )
 
     def record_success(self, permit: Permit, duration: float) -> None:
         self._record(permit, failed=False, duration=duration)
@@ -242,6 +247,19 @@ class CircuitBreaker:
             return
         if permit.trial and self._state is BreakerState.HALF_OPEN:
             self._free_permits += 1
+
+    def probe_succeeded(self) -> bool:
+        """An active probe found the provider answering: open -> half_open at once.
+
+        Only an ``open`` breaker moves (operators' states stay); the trial permits then decide
+        as usual. A failed probe is simply not reported: unlike a failed trial call it does not
+        lengthen the open time, because it says only that the provider is still down.
+        """
+        self._maybe_half_open()
+        if self._state is not BreakerState.OPEN:
+            return False
+        self._transition(BreakerState.HALF_OPEN, "active probe succeeded")
+        return True
 
     # -- operators -------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ seconds to each layer) keeps the whole request inside one budget: time spent que
 off is time an attempt no longer has.
 
 ``bound()`` / ``run()`` cancel the awaited work when the instant passes and raise
-``DeadlineExceeded``; an ``asyncio.TimeoutError`` raised by the work itself is not translated
+``DeadlinePassed``; an ``asyncio.TimeoutError`` raised by the work itself is not translated
 (it is the work's own timeout, a retryable upstream timeout). Outside cancellation passes through
 unchanged.
 """
@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
-from app.errors import DeadlineExceeded
 from app.resilience.clock import Clock, MonotonicClock
+from app.resilience.errors import DeadlinePassed
 
 T = TypeVar("T")
 
@@ -64,16 +64,16 @@ class Deadline:
 
     @asynccontextmanager
     async def bound(self) -> AsyncIterator[Deadline]:
-        """Run the block until it finishes or the deadline passes (then ``DeadlineExceeded``)."""
+        """Run the block until it finishes or the deadline passes (then ``DeadlinePassed``)."""
         if self.expired:
-            raise DeadlineExceeded(DEADLINE_DETAIL)
+            raise DeadlinePassed(DEADLINE_DETAIL)
         timeout_cm = self._clock.timeout_at(self._at)
         try:
             async with timeout_cm as timeout:
                 yield self
         except TimeoutError:
             if timeout.expired():
-                raise DeadlineExceeded(DEADLINE_DETAIL) from None
+                raise DeadlinePassed(DEADLINE_DETAIL) from None
             raise
 
     async def run(self, awaitable: Awaitable[T]) -> T:
@@ -81,7 +81,7 @@ class Deadline:
         if self.expired:
             if inspect.iscoroutine(awaitable):
                 awaitable.close()  # never awaited: close it so no warning leaks
-            raise DeadlineExceeded(DEADLINE_DETAIL)
+            raise DeadlinePassed(DEADLINE_DETAIL)
         async with self.bound():
             return await awaitable
 

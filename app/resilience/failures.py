@@ -2,13 +2,17 @@
 
 Providers translate their transport's exceptions (httpx, a subprocess pipe) into
 ``UpstreamFailure`` so the resilience kit never imports a client library: retry asks "may I try
-again?", the breaker asks "was that the upstream's fault?", and both read the answer from the
-same few attributes.
+again?", the breaker asks "was that the upstream's fault?", the throttle asks "did it ask us to
+slow down?", and all read the answer from one ``Classification``.
 
     retryable (DESIGN §5): connect errors, timeouts, resets, HTTP 408/429/500/502/503/504
     never retried:         anything committed (a stream that sent bytes), cancellation,
-                           every other status and every other exception
-    not the upstream's fault (breaker ignores it): cancellation, caller errors (4xx but 408/429)
+                           the kit's own refusals, every other status and exception
+    breaker ignores:       cancellation, caller errors (4xx but 408/429), the kit's refusals,
+                           and 429: a rate limit is backpressure, neither failure nor success
+
+Callers with their own exception types (the chat layer's catalogue errors, a local runtime)
+pass a classifier that handles them and delegates the rest to ``classify``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from app.errors import DeadlineExceeded, KeelError
+from app.resilience.errors import ResilienceError
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 RETRYABLE_REASONS = frozenset({"connect", "timeout", "reset"})
@@ -38,6 +42,7 @@ class UpstreamFailure(Exception):
         retry_after: float | None = None,
         committed: bool = False,
         message: str | None = None,
+        param: str | None = None,
     ) -> None:
         if reason is None:
             reason = f"status_{status_code}" if status_code is not None else "error"
@@ -46,6 +51,7 @@ class UpstreamFailure(Exception):
         self.status_code = status_code
         self.retry_after = retry_after
         self.committed = committed
+        self.param = param  # the request field the upstream blamed (a short identifier)
         self.attempts = 1  # set by the retrier to the attempts made before giving up
 
     @property
@@ -62,25 +68,39 @@ class UpstreamFailure(Exception):
         code = self.status_code
         return code is not None and 400 <= code < 500 and code not in (408, 429)
 
+    @property
+    def rate_limited(self) -> bool:
+        return self.status_code == 429
+
 
 @dataclass(frozen=True, slots=True)
 class Classification:
     retryable: bool
     reason: str
     retry_after: float | None = None
+    # Whether the breaker records the attempt as a failure; otherwise it ignores it (the
+    # permit goes back). Successes are recorded separately, by the attempt returning.
+    counts_as_failure: bool = True
+    # The upstream asked Keel to slow down (429): the provider's throttle takes note.
+    throttle: bool = False
 
 
 def classify(exc: BaseException) -> Classification:
-    """Retryability and a bounded reason label for any exception an attempt raised."""
+    """Retryability, breaker verdict and a bounded reason label for an attempt's exception."""
     if isinstance(exc, UpstreamFailure):
-        return Classification(exc.retryable, exc.reason, exc.retry_after)
+        return Classification(
+            exc.retryable,
+            exc.reason,
+            exc.retry_after,
+            counts_as_failure=not (exc.caller_error or exc.rate_limited),
+            throttle=exc.rate_limited,
+        )
     if isinstance(exc, asyncio.CancelledError):
-        return Classification(False, "cancelled")
-    if isinstance(exc, DeadlineExceeded):
-        # The whole request's time is gone: nothing is left to retry in.
-        return Classification(False, "deadline")
-    if isinstance(exc, KeelError):
-        return Classification(False, exc.code)
+        return Classification(False, "cancelled", counts_as_failure=False)
+    if isinstance(exc, ResilienceError):
+        # The kit's own refusal (or the whole request's time is gone): nothing to retry in,
+        # and nothing it says about the upstream's health.
+        return Classification(False, exc.reason, exc.retry_after, counts_as_failure=False)
     if isinstance(exc, TimeoutError):
         return Classification(True, "timeout")
     if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):

@@ -7,22 +7,22 @@ attempts) or one catalogue error. Order, and why:
 1. a concurrency slot, taken once per call and held across retries (bounded by the deadline),
    so a retrying request does not requeue behind newcomers and load stays bounded;
 2. the retry loop (policy + the provider's shared budget), inside the deadline;
-3. a breaker permit per attempt: an open breaker rejects at once (``CircuitOpen``, not
+3. a breaker permit per attempt: an open breaker rejects at once (``CallNotPermitted``, not
    retried, so the router falls back), and each attempt's outcome and duration is recorded.
 
 What the breaker records for an attempt:
 
 - success: the operation returned (for a stream: its first byte is available); it may be slow;
-- ignored: cancellation (client gone), caller errors (4xx other than 408/429, whether an
-  ``UpstreamFailure`` or a 4xx ``KeelError``), and Keel's own refusals raised inside the
-  operation (``circuit_open``, ``overloaded``, ``retry_budget_exhausted``);
+- ignored: whatever the classifier says does not count (``Classification.counts_as_failure``):
+  cancellation (client gone), caller errors (4xx other than 408/429), 429 (backpressure), and
+  refusals raised inside the operation (the kit's own, or the caller's through its classifier);
 - the request deadline expiring mid-attempt: a failure only if the attempt had already run
   ``slow_call_s``; a caller's short ``X-Request-Timeout`` must not open the breaker for everyone,
   while an upstream that hangs past the slow-call threshold must;
 - everything else (``UpstreamFailure``, connection errors, unexpected exceptions): a failure.
 
-Transitions go to the metrics (state gauge, transitions counter), the timeline (subject
-``breaker:<provider>``) and the log.
+Everything worth counting goes to a ``GuardObserver`` (the chat layer turns it into metrics
+and timeline entries); transitions are also logged by the breaker.
 """
 
 from __future__ import annotations
@@ -33,123 +33,78 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from app.errors import CircuitOpen, DeadlineExceeded, KeelError, Overloaded
-from app.observability.metrics import Metrics
-from app.observability.timeline import Timeline
 from app.resilience.breaker import CircuitBreaker, Permit
 from app.resilience.budget import RetryBudget
 from app.resilience.clock import Clock, MonotonicClock
+from app.resilience.config import GuardConfig
 from app.resilience.deadline import Deadline
-from app.resilience.failures import classify, is_caller_error
+from app.resilience.errors import CallNotPermitted, DeadlinePassed, QueueFull
+from app.resilience.failures import Classification, classify
 from app.resilience.limiter import ConcurrencyLimiter
+from app.resilience.observer import GuardObserver, NullObserver
 from app.resilience.retry import Retrier, RetryPolicy
-from app.settings import (
-    BreakerSettings,
-    ProviderSettings,
-    ResilienceSettings,
-    RetrySettings,
-    effective_breaker,
-    effective_retry,
-)
 
 T = TypeVar("T")
 
-BUDGET_WINDOW_S = 10.0  # DESIGN §5: "over a sliding 10 s"
+Classifier = Callable[[BaseException], Classification]
 
 
-_REFUSALS = frozenset({"circuit_open", "overloaded", "retry_budget_exhausted"})
+class _RetryReport:
+    """Feeds the retry loop's decisions to the guard's observer."""
 
-
-def _is_keel_refusal(exc: Exception) -> bool:
-    """A catalogue error that says nothing about the upstream's health."""
-    return isinstance(exc, KeelError) and (exc.status_code < 500 or exc.code in _REFUSALS)
-
-
-class _RetryMetrics:
-    """Feeds the retry loop's decisions to the provider's counters."""
-
-    def __init__(self, provider: str, metrics: Metrics | None) -> None:
+    def __init__(self, provider: str, observer: GuardObserver) -> None:
         self._provider = provider
-        self._metrics = metrics
+        self._observer = observer
 
     def on_attempt(self, number: int, outcome: str) -> None:
-        pass  # counted by the guard, which knows whether the upstream was reached
+        pass  # reported by the guard, which knows whether the upstream was reached
 
     def on_retry(self, reason: str, delay: float) -> None:
-        if self._metrics is not None:
-            self._metrics.upstream_retries.labels(provider=self._provider, reason=reason).inc()
+        self._observer.retry(self._provider, reason, delay)
 
     def on_give_up(self, reason: str, why: str) -> None:
-        if why == "budget" and self._metrics is not None:
-            self._metrics.retry_budget_exhausted.labels(provider=self._provider).inc()
+        if why == "budget":
+            self._observer.budget_exhausted(self._provider)
 
 
 class ProviderGuard:
     def __init__(
         self,
         provider: str,
+        config: GuardConfig | None = None,
         *,
-        retry: RetrySettings,
-        breaker: BreakerSettings,
-        max_concurrency: int,
-        max_queue_wait_s: float,
         clock: Clock | None = None,
-        metrics: Metrics | None = None,
-        timeline: Timeline | None = None,
+        observer: GuardObserver | None = None,
         rng: random.Random | None = None,
-        min_attempt_s: float = 0.05,
+        classifier: Classifier = classify,
     ) -> None:
         self.provider = provider
+        self.config = config = config or GuardConfig()
         self.clock = clock or MonotonicClock()
-        self._metrics = metrics
-        self._timeline = timeline
-        self.breaker = CircuitBreaker(provider, breaker, self.clock)
-        self.breaker.add_listener(self._on_transition)
+        self._observer: GuardObserver = observer or NullObserver()
+        self._classify = classifier
+        self.breaker = CircuitBreaker(provider, config.breaker, self.clock)
+        self.breaker.add_listener(self._observer.breaker_transition)
+        retry = config.retry
         self.budget = RetryBudget(
-            retry.budget_ratio, retry.budget_min_per_s, BUDGET_WINDOW_S, self.clock
+            retry.budget_ratio, retry.budget_min_per_s, config.budget_window_s, self.clock
         )
         self.limiter = ConcurrencyLimiter(
-            max_concurrency,
-            max_queue_wait_s,
+            config.max_concurrency,
+            config.max_queue_wait_s,
             self.clock,
             name=provider,
             on_change=self._on_occupancy,
         )
         self.retrier = Retrier(
-            RetryPolicy.from_settings(retry, min_attempt_s=min_attempt_s),
+            RetryPolicy.from_config(retry, min_attempt_s=config.min_attempt_s),
             self.clock,
             budget=self.budget,
             rng=rng,
-            observer=_RetryMetrics(provider, metrics),
+            observer=_RetryReport(provider, self._observer),
+            classifier=classifier,
         )
-        if metrics is not None:
-            metrics.set_breaker_state(provider, self.breaker.state.value)
-            self._on_occupancy(0, 0)
-
-    @classmethod
-    def from_settings(
-        cls,
-        provider: str,
-        settings: ProviderSettings,
-        resilience: ResilienceSettings,
-        *,
-        clock: Clock | None = None,
-        metrics: Metrics | None = None,
-        timeline: Timeline | None = None,
-        rng: random.Random | None = None,
-    ) -> ProviderGuard:
-        """Effective settings: defaults merged with the provider's overrides (``ConfigError``)."""
-        return cls(
-            provider,
-            retry=effective_retry(resilience.retry, settings.retry, provider=provider),
-            breaker=effective_breaker(resilience.breaker, settings.breaker, provider=provider),
-            max_concurrency=settings.max_concurrency,
-            max_queue_wait_s=settings.max_queue_wait_s,
-            clock=clock,
-            metrics=metrics,
-            timeline=timeline,
-            rng=rng,
-        )
+        self._on_occupancy(0, 0)
 
     async def call(
         self, op: Callable[[Deadline], Awaitable[T]], deadline: Deadline
@@ -169,8 +124,8 @@ class ProviderGuard:
         keeps its slot until the last event is relayed)."""
         try:
             await self.limiter.acquire(deadline)
-        except Overloaded:
-            self._reject("overloaded")
+        except QueueFull:
+            self._observer.rejected(self.provider, "overloaded")
             raise
         try:
             yield
@@ -186,8 +141,8 @@ class ProviderGuard:
     async def _attempt(self, op: Callable[[Deadline], Awaitable[T]], deadline: Deadline) -> T:
         try:
             permit = self.breaker.acquire()
-        except CircuitOpen:
-            self._reject("circuit_open")
+        except CallNotPermitted:
+            self._observer.rejected(self.provider, "circuit_open")
             raise
         started = self.clock.now()
         try:
@@ -195,12 +150,12 @@ class ProviderGuard:
         except asyncio.CancelledError:
             self._settle(permit, started, "cancelled", deadline_hit=deadline.expired)
             raise
-        except DeadlineExceeded:
+        except DeadlinePassed:
             self._settle(permit, started, "deadline", deadline_hit=True)
             raise
         except Exception as exc:
-            ignored = is_caller_error(exc) or _is_keel_refusal(exc)
-            self._settle(permit, started, classify(exc).reason, failed=not ignored)
+            c = self._classify(exc)
+            self._settle(permit, started, c.reason, failed=c.counts_as_failure)
             raise
         duration = self.clock.now() - started
         self.breaker.record_success(permit, duration)
@@ -227,28 +182,10 @@ class ProviderGuard:
         self._count_attempt(outcome, duration)
 
     def _count_attempt(self, outcome: str, duration: float) -> None:
-        if self._metrics is not None:
-            p = self.provider
-            self._metrics.upstream_attempts.labels(provider=p, outcome=outcome).inc()
-            self._metrics.upstream_latency.labels(provider=p).observe(duration)
-
-    def _reject(self, code: str) -> None:
-        if self._metrics is not None:
-            self._metrics.rejections.labels(provider=self.provider, code=code).inc()
-
-    def _on_transition(self, name: str, from_state: str, to_state: str, reason: str) -> None:
-        if self._metrics is not None:
-            self._metrics.set_breaker_state(name, to_state)
-            self._metrics.breaker_transitions.labels(
-                provider=name, from_state=from_state, to_state=to_state
-            ).inc()
-        if self._timeline is not None:
-            self._timeline.record(f"breaker:{name}", from_state, to_state, reason)
+        self._observer.attempt(self.provider, outcome, duration)
 
     def _on_occupancy(self, in_use: int, queued: int) -> None:
-        if self._metrics is not None:
-            self._metrics.limiter_in_use.labels(provider=self.provider).set(in_use)
-            self._metrics.limiter_queued.labels(provider=self.provider).set(queued)
+        self._observer.occupancy(self.provider, in_use, queued)
 
     def diagnostics(self) -> dict[str, Any]:
         """JSON-able state for ``/v1/diagnostics``."""

@@ -3,7 +3,7 @@
 An upstream (or a local model) serves only so many calls at once. Beyond ``max_concurrency``
 callers queue, first come first served, but only for ``max_queue_wait_s`` (never past their
 deadline) and only ``max_queue`` of them: a caller who would wait longer, or find the queue full,
-gets ``Overloaded`` with a ``Retry-After`` hint at once instead of piling up memory and latency.
+gets ``QueueFull`` with a ``Retry-After`` hint at once instead of piling up memory and latency.
 
 Slots are handed directly from a leaving holder to the first waiter (as ``asyncio.Semaphore``
 does), so a newcomer cannot overtake the queue. A waiter that times out or is cancelled at the
@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from app.errors import Overloaded
 from app.resilience.clock import Clock, MonotonicClock
 from app.resilience.deadline import Deadline
+from app.resilience.errors import QueueFull
 
 # (in_use, queued) after every change, for gauges.
 OccupancyListener = Callable[[int, int], None]
@@ -85,8 +85,8 @@ class ConcurrencyLimiter:
     def release(self) -> None:
         self._release()
 
-    def _overloaded(self, why: str) -> Overloaded:
-        return Overloaded(
+    def _overloaded(self, why: str) -> QueueFull:
+        return QueueFull(
             f"Provider '{self.name}' is at capacity ({why}); try again shortly.",
             retry_after=self.retry_after_s,
         )

@@ -21,7 +21,7 @@ function (the clock), as tenacity's ``sleep=`` would.
 Semantics (DESIGN §5): at most ``max_attempts``; only ``classify(exc).retryable`` errors are
 retried (never cancellation, never a committed stream); every attempt runs under the deadline;
 an attempt is not started with less than ``min_attempt_s`` left (the last error is raised, or
-``DeadlineExceeded`` if there was none); the wait is ``max(full jitter, Retry-After)``, and a
+``DeadlinePassed`` if there was none); the wait is ``max(full jitter, Retry-After)``, and a
 Retry-After the deadline cannot honour ends the retries; each retry spends from the budget, and
 a refusal raises the last error.
 """
@@ -34,13 +34,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from app.errors import DeadlineExceeded
 from app.resilience.backoff import compute_delay
 from app.resilience.budget import RetryBudget
 from app.resilience.clock import Clock
+from app.resilience.config import RetryConfig
 from app.resilience.deadline import DEADLINE_DETAIL, Deadline
+from app.resilience.errors import DeadlinePassed
 from app.resilience.failures import Classification, UpstreamFailure, classify
-from app.settings import RetrySettings
 
 T = TypeVar("T")
 
@@ -53,11 +53,11 @@ class RetryPolicy:
     min_attempt_s: float = 0.05  # less time than this left: an attempt is not worth starting
 
     @classmethod
-    def from_settings(cls, settings: RetrySettings, *, min_attempt_s: float = 0.05) -> RetryPolicy:
+    def from_config(cls, config: RetryConfig, *, min_attempt_s: float = 0.05) -> RetryPolicy:
         return cls(
-            max_attempts=settings.max_attempts,
-            base_delay_s=settings.base_delay_s,
-            max_delay_s=settings.max_delay_s,
+            max_attempts=config.max_attempts,
+            base_delay_s=config.base_delay_s,
+            max_delay_s=config.max_delay_s,
             min_attempt_s=min_attempt_s,
         )
 
@@ -108,7 +108,7 @@ class Retrier:
         """``(result, attempts made)``; raises the last error when retries end."""
         p = self.policy
         if deadline.remaining() < p.min_attempt_s:
-            raise DeadlineExceeded(DEADLINE_DETAIL)
+            raise DeadlinePassed(DEADLINE_DETAIL)
         if self._budget is not None:
             self._budget.record_request()
         attempt = 0

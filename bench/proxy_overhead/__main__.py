@@ -1,9 +1,17 @@
-"""Proxy overhead: the static upstream directly vs through Keel, at concurrency 1 and 32.
+"""Proxy overhead as a ratio: Keel against a bare pass-through, measured in the same run.
 
-    .venv/bin/python -m bench.proxy_overhead [--seconds 8] [--transports httpx,aiohttp]
+    .venv/bin/python -m bench.proxy_overhead [--seconds 5] [--rounds 3]
 
-Each server runs in its own process (one uvicorn worker for Keel); the load generator is wrk
-when installed, else bench/proxy_overhead/loadgen.py. Prints req/s, p50 and p99 per case.
+Three servers share one static upstream (its own process, raw asyncio): the upstream directly,
+``bench.proxy_overhead.bare`` (pure ASGI + aiohttp + uvloop under the same uvicorn, no
+features) and Keel (``keel serve``, one worker, a route to the upstream). Each round measures
+every server in turn, so drift on a shared machine hits all of them alike; the figures are the
+medians over rounds. Absolute numbers do not survive a change of machine; the ratios
+``keel / bare`` are the headline (docs/benchmarks.md).
+
+Cases: non-streaming chat at concurrency 1 and 32 (wrk when installed, else the Python load
+generator), and streaming chat (200 chunks per answer) at concurrency 8 for chunks per second
+and at concurrency 1 for the time to the first chunk.
 """
 
 from __future__ import annotations
@@ -13,28 +21,30 @@ import json
 import os
 import re
 import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hi"}]})
+Load = Callable[[str, int, float], dict[str, float]]
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 def wait_up(url: str) -> None:
-    for _ in range(200):
+    for _ in range(400):
         try:
             httpx.get(url, timeout=0.5)
             return
@@ -50,7 +60,16 @@ def wrk(url: str, conc: int, seconds: float) -> dict[str, float]:
         f"wrk.body = [[{BODY}]]\n"
     )
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{conc}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url],
+        [
+            "wrk",
+            "-t1",
+            f"-c{conc}",
+            f"-d{max(1, int(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -72,83 +91,137 @@ def wrk(url: str, conc: int, seconds: float) -> dict[str, float]:
     }
 
 
-def pyload(url: str, conc: int, seconds: float) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.proxy_overhead.loadgen", url, str(conc), str(seconds), BODY],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout
-    return json.loads(out)  # type: ignore[no-any-return]
+def python_tool(module: str) -> Load:
+    def run(url: str, conc: int, seconds: float) -> dict[str, float]:
+        args = [sys.executable, "-m", module, url, str(conc), str(seconds)]
+        if module.endswith("loadgen"):
+            args.append(BODY)
+        out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    return run
+
+
+def start_keel(up_port: int, procs: list[subprocess.Popen[bytes]]) -> str:
+    work = Path(tempfile.mkdtemp())
+    (work / "keel.toml").write_text(
+        f'log_level = "WARNING"\n[providers.up]\nkind = "openai"\n'
+        f'base_url = "http://127.0.0.1:{up_port}/v1"\nmodels = ["m"]\n'
+        f'max_concurrency = 256\n[routes]\nbench = ["up/m"]\n'
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "KEEL_PORT": str(port),
+        "KEEL_DATA_DIR": str(work / "data"),
+        "KEEL_CONFIG": str(work / "keel.toml"),
+        "PYTHONPATH": str(ROOT),
+    }
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            cwd=work,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    wait_up(f"http://127.0.0.1:{port}/healthz")
+    return f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+def start_bare(up_port: int, procs: list[subprocess.Popen[bytes]]) -> str:
+    port = free_port()
+    procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.proxy_overhead.bare",
+                str(port),
+                f"http://127.0.0.1:{up_port}/v1",
+            ],
+            cwd=ROOT,
+        )
+    )
+    wait_up(f"http://127.0.0.1:{port}/")
+    return f"http://127.0.0.1:{port}/v1/chat/completions"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--transports", default="httpx,aiohttp")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    load = wrk if shutil.which("wrk") else pyload
+    load: Load = wrk if shutil.which("wrk") else python_tool("bench.proxy_overhead.loadgen")
+    stream = python_tool("bench.proxy_overhead.stream")
     print(
-        f"load generator: {'wrk' if load is wrk else 'python loadgen'}; "
-        f"{os.cpu_count()} cores; {args.seconds:.0f} s per case"
+        f"load generator: {'wrk -t1' if load is wrk else 'python loadgen'}; {os.cpu_count()} "
+        f"cores; {args.seconds:.0f} s per case; {args.rounds} rounds; load average "
+        f"{os.getloadavg()[0]:.1f}"
     )
-
+    procs: list[subprocess.Popen[bytes]] = []
     up_port = free_port()
-    upstream = subprocess.Popen(
-        [sys.executable, "-m", "bench.proxy_overhead.upstream", str(up_port)], cwd=ROOT
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.proxy_overhead.upstream", str(up_port)], cwd=ROOT
+        )
     )
-    procs = [upstream]
-    rows: list[tuple[str, int, dict[str, float]]] = []
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
         wait_up(f"http://127.0.0.1:{up_port}/")
-        direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
-        for conc in (1, 32):
-            rows.append(("direct", conc, load(direct, conc, args.seconds)))
-        for transport in args.transports.split(","):
-            work = Path(tempfile.mkdtemp())
-            (work / "keel.toml").write_text(
-                f'log_level = "WARNING"\n[providers.up]\nkind = "openai"\n'
-                f'base_url = "http://127.0.0.1:{up_port}/v1"\nmodels = ["m"]\n'
-                f'max_concurrency = 256\nhttp_transport = "{transport}"\n'
-                f'[routes]\nbench = ["up/m"]\n'
-            )
-            port = free_port()
-            env = {
-                **os.environ,
-                "KEEL_PORT": str(port),
-                "KEEL_DATA_DIR": str(work / "data"),
-                "KEEL_CONFIG": str(work / "keel.toml"),
-                "PYTHONPATH": str(ROOT),
-            }
-            keel = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve"],
-                cwd=work,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            procs.append(keel)
-            wait_up(f"http://127.0.0.1:{port}/healthz")
-            url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            load(url, 8, 2)  # warm-up: connections, caches
-            for conc in (1, 32):
-                rows.append((f"keel ({transport})", conc, load(url, conc, args.seconds)))
-            keel.terminate()
-            keel.wait(10)
+        urls = {
+            "direct": f"http://127.0.0.1:{up_port}/v1/chat/completions",
+            "bare": start_bare(up_port, procs),
+            "keel": start_keel(up_port, procs),
+        }
+        for url in urls.values():  # warm-up: connections, caches, first-call imports
+            load(url, 8, 1)
+        for _ in range(args.rounds):
+            for name, url in urls.items():
+                for conc in (1, 32):
+                    results.setdefault((name, f"c{conc}"), []).append(load(url, conc, args.seconds))
+                if name != "direct":
+                    results.setdefault((name, "s8"), []).append(stream(url, 8, args.seconds))
+                    results.setdefault((name, "s1"), []).append(stream(url, 1, args.seconds))
     finally:
         for p in procs:
             p.terminate()
-    base = {c: r for name, c, r in rows if name == "direct"}
-    print(
-        f"{'case':<16}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'errors':>8}"
-    )
-    for name, conc, r in rows:
-        added = r["p50_ms"] - base[conc]["p50_ms"]
+        for p in procs:
+            p.wait(10)
+    report(results)
+
+
+def report(results: dict[tuple[str, str], list[dict[str, float]]]) -> None:
+    def med(name: str, case: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[(name, case)])
+
+    print(f"\n{'server':<8}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name in ("direct", "bare", "keel"):
+        for conc in (1, 32):
+            case = f"c{conc}"
+            print(
+                f"{name:<8}{conc:>5}{med(name, case, 'rps'):>10.0f}"
+                f"{med(name, case, 'p50_ms'):>9.2f}{med(name, case, 'p99_ms'):>9.2f}"
+                f"{med(name, case, 'errors'):>8.0f}"
+            )
+    print(f"\n{'server':<8}{'chunks/s (c=8)':>16}{'TTFB p50 ms (c=1)':>20}")
+    for name in ("bare", "keel"):
         print(
-            f"{name:<16}{conc:>5}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-            f"{added:>9.2f}{r['errors']:>8.0f}"
+            f"{name:<8}{med(name, 's8', 'chunks_per_s'):>16.0f}"
+            f"{med(name, 's1', 'ttfb_p50_ms'):>20.2f}"
         )
+    ratio = med("keel", "c32", "rps") / med("bare", "c32", "rps")
+    stream_ratio = med("keel", "s8", "chunks_per_s") / med("bare", "s8", "chunks_per_s")
+    added_direct = med("keel", "c1", "p50_ms") - med("direct", "c1", "p50_ms")
+    added_bare = med("keel", "c1", "p50_ms") - med("bare", "c1", "p50_ms")
+    ttfb_added = med("keel", "s1", "ttfb_p50_ms") - med("bare", "s1", "ttfb_p50_ms")
+    print("\nheadline (target):")
+    print(f"  keel/bare req/s at c=32      {ratio:6.2f}   (>= 0.45)")
+    print(f"  keel added p50 at c=1        {added_direct:6.2f} ms vs upstream directly (<= 0.5)")
+    print(f"                               {added_bare:6.2f} ms vs bare pass-through")
+    print(f"  keel/bare chunks/s (stream)  {stream_ratio:6.2f}   (>= 0.5)")
+    print(f"  keel added TTFB (stream)     {ttfb_added:6.2f} ms vs bare (<= 1)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """A static OpenAI-compatible upstream for benchmarks: one canned answer, keep-alive, no parsing.
 
+A body asking for ``"stream": true`` gets a chunked SSE answer of ``STREAM_CHUNKS`` chunks
+followed by ``data: [DONE]``, written as fast as the socket takes them.
+
 Run: python -m bench.proxy_overhead.upstream PORT
 """
 
@@ -7,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 
 BODY = json.dumps(
@@ -26,6 +30,38 @@ RESPONSE = (
     b"content-length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
 )
 
+STREAM_CHUNKS = 200
+_CHUNK = (
+    b"data: "
+    + json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "ok "}, "finish_reason": None}],
+        }
+    ).encode()
+    + b"\n\n"
+)
+_STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+_WANTS_STREAM = re.compile(rb'"stream"\s*:\s*true')
+
+
+def _chunked(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+async def _stream(writer: asyncio.StreamWriter) -> None:
+    writer.write(_STREAM_HEAD)
+    for _ in range(STREAM_CHUNKS):
+        writer.write(_chunked(_CHUNK))
+        await writer.drain()
+    writer.write(_chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    await writer.drain()
+
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
@@ -35,8 +71,10 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             for line in head.split(b"\r\n"):
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
+            body = await reader.readexactly(length) if length else b""
+            if _WANTS_STREAM.search(body):
+                await _stream(writer)
+                continue
             writer.write(RESPONSE)
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):

@@ -32,6 +32,7 @@ class Faults:
     chunk_delay_s: float = 0.0  # stream: gap between chunks
     chunks: int = 3  # stream: content chunks before [DONE]
     down: bool = False  # every request gets error_status
+    error_param: str | None = None  # the ``error.param`` an error body names
 
 
 @dataclass
@@ -149,6 +150,7 @@ class FakeUpstream:
                     "message": f"{MARKER} internal stack at /srv/upstream.py",
                     "type": "server_error",
                     "code": status,
+                    "param": f.error_param,
                 }
             }
             extra = {"Retry-After": f.retry_after} if f.retry_after and status in (429, 503) else {}

@@ -92,7 +92,9 @@ async def test_unhandled_exception_leaks_nothing(
 async def test_validation_errors_name_fields_not_values(settings: Settings) -> None:
     async with asgi_client(_app_with_test_routes(settings)) as client:
         resp = await client.post("/v1/echo", json={"name": "x", "count": "s3cret-value"})
-        assert (await client.post("/v1/echo", content=b"{not json")).status_code == 422
+        json_type = {"content-type": "application/json"}
+        bad = await client.post("/v1/echo", content=b"{not json", headers=json_type)
+        assert bad.status_code == 422
     body = assert_problem(resp, 422, "validation_error")
     assert body["errors"] == [{"field": "body.count", "message": body["errors"][0]["message"]}]  # type: ignore[index]
     assert "s3cret-value" not in resp.text
@@ -100,7 +102,7 @@ async def test_validation_errors_name_fields_not_values(settings: Settings) -> N
 
 async def test_body_size_limit(make_settings: Callable[..., Settings]) -> None:
     app = _app_with_test_routes(make_settings(max_body_bytes=1024))
-    async with asgi_client(app) as client:
+    async with asgi_client(app, headers={"content-type": "application/json"}) as client:
         big = b'{"name": "' + b"x" * 2000 + b'", "count": 1}'
         assert_problem(await client.post("/v1/echo", content=big), 413, "payload_too_large")
 

@@ -76,7 +76,11 @@ def test_429_retry_after_beyond_deadline_fails_at_once(
     started = time.monotonic()
     with httpx.Client(base_url=keel.url, timeout=10) as c:
         resp = c.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-Timeout": "2"})
-    assert resp.status_code in (502, 503), resp.text
+    # The provider's 429 keeps its meaning (the SDKs raise RateLimitError) and its wait.
+    assert resp.status_code == 429, resp.text
+    assert resp.json()["code"] == "rate_limited"
+    assert resp.headers["retry-after"] == "30"
+    assert resp.headers["x-should-retry"] == "false"  # Keel already decided not to retry
     assert time.monotonic() - started < 1.0
     assert upstream.calls == 1
 

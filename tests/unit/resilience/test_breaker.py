@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from app.errors import CircuitOpen
 from app.resilience.breaker import BreakerState, CircuitBreaker, Permit
 from app.resilience.clock import FakeClock
-from app.settings import BreakerSettings
+from app.resilience.config import BreakerConfig
+from app.resilience.errors import CallNotPermitted
 
 WINDOWS = pytest.mark.parametrize("window", ["count", "time"])
 
@@ -34,7 +34,7 @@ def make(
     events: list[tuple[str, str, str, str]] = []
     breaker = CircuitBreaker(
         "cloud",
-        BreakerSettings(**values),
+        BreakerConfig(**values),
         clock,
         listeners=(lambda *e: events.append(e),),
     )
@@ -140,7 +140,7 @@ def test_rejects_while_open_with_the_remaining_time() -> None:
     b, clock, _ = make()
     trip(b)
     clock.advance(3.5)
-    with pytest.raises(CircuitOpen) as info:
+    with pytest.raises(CallNotPermitted) as info:
         b.acquire()
     assert info.value.retry_after == pytest.approx(6.5)
     snap = b.snapshot()
@@ -175,7 +175,7 @@ async def test_concurrent_callers_in_half_open_get_exactly_the_permits(permits: 
         await asyncio.sleep(0)
         try:
             permit = b.acquire()
-        except CircuitOpen as exc:
+        except CallNotPermitted as exc:
             rejected.append(exc.retry_after)
             return
         passed += 1
@@ -288,7 +288,7 @@ def test_forced_open_rejects_everything_until_reset() -> None:
     b.force_open()
     clock.advance(10_000)
     assert b.state is BreakerState.FORCED_OPEN
-    with pytest.raises(CircuitOpen) as info:
+    with pytest.raises(CallNotPermitted) as info:
         b.acquire()
     assert info.value.retry_after is None
     assert b.snapshot().seconds_until_half_open is None

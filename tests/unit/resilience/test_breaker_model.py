@@ -22,10 +22,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from app.errors import CircuitOpen
 from app.resilience.breaker import CircuitBreaker, Permit
 from app.resilience.clock import FakeClock
-from app.settings import BreakerSettings
+from app.resilience.config import BreakerConfig
+from app.resilience.errors import CallNotPermitted
 
 
 @dataclass
@@ -43,7 +43,7 @@ class RefPermit:
 
 @dataclass
 class RefBreaker:
-    cfg: BreakerSettings
+    cfg: BreakerConfig
     clock: FakeClock
     state: str = "closed"
     epoch: int = 0
@@ -163,7 +163,7 @@ class BreakerMachine(RuleBasedStateMachine):
         slow_call_rate: float,
         permits: int,
     ) -> None:
-        cfg = BreakerSettings(
+        cfg = BreakerConfig(
             window=window,
             window_size=window_size,
             min_calls=min_calls,
@@ -183,7 +183,7 @@ class BreakerMachine(RuleBasedStateMachine):
     def acquire(self) -> None:
         expected = self.ref.acquire()
         if not isinstance(expected, RefPermit):
-            with pytest.raises(CircuitOpen) as info:
+            with pytest.raises(CallNotPermitted) as info:
                 self.real.acquire()
             if expected is None:
                 assert info.value.retry_after is None

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from app.errors import DeadlineExceeded
 from app.resilience.clock import Clock, FakeClock, MonotonicClock
 from app.resilience.deadline import Deadline
+from app.resilience.errors import DeadlinePassed
 
 
 async def test_fake_sleep_advances_virtual_time_without_sleeping() -> None:
@@ -124,7 +124,7 @@ async def test_run_cancels_work_at_the_deadline() -> None:
             cancelled = True
             raise
 
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlinePassed):
         await d.run(work())
     assert cancelled
     assert clock.now() == 5
@@ -140,7 +140,7 @@ async def test_work_waiting_on_something_else_is_cut_at_the_deadline() -> None:
         await clock.sleep(10)
 
     drive = asyncio.create_task(driver())
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlinePassed):
         async with d.bound():
             await never.wait()
     assert clock.now() == 2
@@ -156,10 +156,10 @@ async def test_expired_deadline_does_not_start_the_work() -> None:
         nonlocal started
         started = True
 
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlinePassed):
         await d.run(work())
     assert not started
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlinePassed):
         async with d.bound():
             pass
 
@@ -189,7 +189,7 @@ async def test_nested_deadlines_the_inner_one_fires_first() -> None:
     clock = FakeClock()
     outer = Deadline.after(10, clock)
     inner = outer.derive(2)
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlinePassed):
         async with outer.bound(), inner.bound():
             await clock.sleep(60)
     assert clock.now() == 2
@@ -198,6 +198,6 @@ async def test_nested_deadlines_the_inner_one_fires_first() -> None:
 
 async def test_real_clock_deadline_fires() -> None:
     d = Deadline.after(0.01)
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlinePassed):
         await d.run(asyncio.sleep(1))
     assert await Deadline.after(1).run(asyncio.sleep(0, "ok")) == "ok"

@@ -1,4 +1,5 @@
-"""ProviderGuard: the composition the chat router uses, with metrics and timeline wiring."""
+"""ProviderGuard: the composition the chat service uses, wired as the chat layer wires it
+(``app.chat.resilience``: settings in, metrics, timeline and catalogue errors out)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,25 @@ from typing import Any
 
 import pytest
 
-from app.errors import CircuitOpen, DeadlineExceeded, ModelNotReady, Overloaded, UpstreamError
+from app.chat.resilience import ChatObserver, build_guard, classify, guard_config, to_catalogue
+from app.errors import CircuitOpen, ModelNotReady, Overloaded, UpstreamError
 from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
 from app.resilience.breaker import BreakerState
 from app.resilience.clock import FakeClock
+from app.resilience.config import GuardConfig
 from app.resilience.deadline import Deadline
+from app.resilience.errors import CallNotPermitted, DeadlinePassed, QueueFull
 from app.resilience.failures import UpstreamFailure
-from app.resilience.guard import ProviderGuard, effective_breaker, effective_retry
+from app.resilience.guard import ProviderGuard
 from app.settings import (
     BreakerSettings,
     ConfigError,
     ProviderSettings,
     ResilienceSettings,
     RetrySettings,
+    effective_breaker,
+    effective_retry,
 )
 
 
@@ -38,17 +44,21 @@ def make(
     metrics = Metrics()
     timeline = Timeline(size=50, wall_clock=lambda: 1_700_000_000.0)
     breaker_cfg = {"window_size": 4, "min_calls": 4, "open_s": 10, "slow_call_s": 5.0}
-    guard = ProviderGuard(
-        "cloud",
-        retry=RetrySettings(**{"max_attempts": 1, **(retry or {})}),
-        breaker=BreakerSettings(**{**breaker_cfg, **(breaker or {})}),
+    config = GuardConfig(
+        retry=RetrySettings(**{"max_attempts": 1, **(retry or {})}).to_config(),
+        breaker=BreakerSettings(**{**breaker_cfg, **(breaker or {})}).to_config(),
         max_concurrency=max_concurrency,
         max_queue_wait_s=max_queue_wait_s,
-        clock=clock,
-        metrics=metrics,
-        timeline=timeline,
-        rng=random.Random(3),
     )
+    guard = ProviderGuard(
+        "cloud",
+        config,
+        clock=clock,
+        observer=ChatObserver(metrics, timeline),
+        rng=random.Random(3),
+        classifier=classify,
+    )
+    metrics.set_breaker_state("cloud", guard.breaker.state.value)
     return guard, clock, metrics, timeline
 
 
@@ -106,16 +116,14 @@ def test_from_settings_applies_provider_overrides() -> None:
         retry={"max_attempts": 2},
         breaker={"open_s": 7, "window": "time"},
     )
-    guard = ProviderGuard.from_settings("p", provider, ResilienceSettings(), clock=FakeClock())
+    guard = build_guard("p", provider, ResilienceSettings(), clock=FakeClock())
     assert guard.retrier.policy.max_attempts == 2
     assert guard.breaker.config.open_s == 7
     assert guard.breaker.config.window == "time"
     assert guard.limiter.max_concurrency == 3
     assert guard.limiter.max_queue_wait_s == 0.5
     with pytest.raises(ConfigError):
-        ProviderGuard.from_settings(
-            "p", ProviderSettings(breaker={"min_calls": -1}), ResilienceSettings()
-        )
+        guard_config("p", ProviderSettings(breaker={"min_calls": -1}), ResilienceSettings())
 
 
 # -- calls --------------------------------------------------------------------------------
@@ -161,9 +169,10 @@ async def test_the_breaker_lifecycle_lands_on_timeline_and_metrics() -> None:
         with pytest.raises(UpstreamFailure):
             await call(guard, boom)
     assert guard.breaker.state is BreakerState.OPEN
-    with pytest.raises(CircuitOpen) as info:
+    with pytest.raises(CallNotPermitted) as info:
         await call(guard, ok)
     assert info.value.retry_after == pytest.approx(10)
+    assert isinstance(to_catalogue(info.value), CircuitOpen)
     assert sample(metrics, "keel_rejections_total", provider="cloud", code="circuit_open") == 1
     assert sample(metrics, "keel_breaker_state", provider="cloud", state="open") == 1
     assert sample(metrics, "keel_breaker_state", provider="cloud", state="closed") == 0
@@ -234,13 +243,13 @@ async def test_a_short_caller_deadline_does_not_count_against_the_upstream() -> 
         await clock.sleep(100)
         return "late"
 
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlinePassed):
         await call(guard, slow, seconds=1)
     assert guard.breaker.snapshot().calls == 0
     attempts = sample(metrics, "keel_upstream_attempts_total", provider="cloud", outcome="deadline")
     assert attempts == 1
     # An upstream that hangs past the slow-call threshold is a failure.
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlinePassed):
         await call(guard, slow, seconds=6)
     snap = guard.breaker.snapshot()
     assert (snap.calls, snap.failed_calls, snap.slow_calls) == (1, 1, 1)
@@ -277,7 +286,7 @@ async def test_twenty_concurrent_callers_in_half_open_send_exactly_the_trial_per
     )
     assert reached == 2
     assert sum(r == ("ok", 1) for r in results) == 2
-    rejected = [r for r in results if isinstance(r, CircuitOpen)]
+    rejected = [r for r in results if isinstance(r, CallNotPermitted)]
     assert len(rejected) == 18
     assert all(r.retry_after == 1.0 for r in rejected)
     assert sample(metrics, "keel_rejections_total", provider="cloud", code="circuit_open") == 18
@@ -293,9 +302,10 @@ async def test_overload_is_rejected_after_the_queue_wait_and_counted() -> None:
 
     first = asyncio.create_task(call(guard, busy))
     await clock.settle()
-    with pytest.raises(Overloaded) as info:
+    with pytest.raises(QueueFull) as info:
         await call(guard, ok)
     assert info.value.retry_after == 1.0
+    assert isinstance(to_catalogue(info.value), Overloaded)
     assert clock.now() == 0.5
     assert sample(metrics, "keel_rejections_total", provider="cloud", code="overloaded") == 1
     assert sample(metrics, "keel_limiter_in_use", provider="cloud") == 1
@@ -326,10 +336,12 @@ async def test_diagnostics_are_json_ready() -> None:
     ("error", "counts_as_failure"),
     [
         (UpstreamFailure(status_code=404), False),
-        (UpstreamFailure(status_code=429), True),
+        (UpstreamFailure(status_code=429), False),  # backpressure, neither failure nor success
         (UpstreamFailure("connect"), True),
         (ValueError("unexpected"), True),
         (CircuitOpen("nested"), False),
+        (CallNotPermitted("nested"), False),
+        (QueueFull("nested"), False),
         (Overloaded("nested"), False),
         (UpstreamError("mapped by a provider"), True),
         (ModelNotReady("4xx catalogue error"), False),

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from app.errors import Overloaded
 from app.resilience.clock import FakeClock
 from app.resilience.deadline import Deadline
+from app.resilience.errors import QueueFull
 from app.resilience.limiter import ConcurrencyLimiter
 
 
@@ -25,12 +25,12 @@ async def test_excess_callers_wait_at_most_the_queue_wait_then_overloaded() -> N
     assert limiter.in_use == 2
 
     started = clock.now()
-    with pytest.raises(Overloaded) as info:
+    with pytest.raises(QueueFull) as info:
         async with limiter.slot():
             pytest.fail("must not get a slot")
     assert clock.now() - started == 1.5
     assert info.value.retry_after == 1.5
-    assert "cloud" in info.value.detail
+    assert "cloud" in info.value.message
     assert limiter.queued == 0
     assert limiter.in_use == 2
     for t in holders:
@@ -87,7 +87,7 @@ async def test_queue_length_is_bounded_and_overflow_is_rejected_at_once() -> Non
     tasks = [asyncio.create_task(hold(limiter, clock, 100)) for _ in range(3)]
     await clock.settle()
     assert (limiter.in_use, limiter.queued) == (1, 2)
-    with pytest.raises(Overloaded, match="queue full"):
+    with pytest.raises(QueueFull, match="queue full"):
         async with limiter.slot():
             pass
     assert clock.now() == 0
@@ -103,12 +103,12 @@ async def test_the_deadline_shortens_the_queue_wait() -> None:
     holder = asyncio.create_task(hold(limiter, clock, 100))
     await clock.settle()
     deadline = Deadline.after(0.25, clock)
-    with pytest.raises(Overloaded):
+    with pytest.raises(QueueFull):
         async with limiter.slot(deadline):
             pass
     assert clock.now() == 0.25
     expired = Deadline.after(0, clock)
-    with pytest.raises(Overloaded, match="no queueing time"):
+    with pytest.raises(QueueFull, match="no queueing time"):
         async with limiter.slot(expired):
             pass
     holder.cancel()

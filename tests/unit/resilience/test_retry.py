@@ -8,13 +8,13 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from app.errors import CircuitOpen, DeadlineExceeded
 from app.resilience.budget import RetryBudget
 from app.resilience.clock import FakeClock
+from app.resilience.config import RetryConfig
 from app.resilience.deadline import Deadline
+from app.resilience.errors import CallNotPermitted, DeadlinePassed
 from app.resilience.failures import UpstreamFailure, classify, is_caller_error
 from app.resilience.retry import Retrier, RetryPolicy
-from app.settings import RetrySettings
 
 
 class Recorder:
@@ -81,7 +81,7 @@ async def test_succeeds_after_transient_failures() -> None:
         UpstreamFailure(status_code=501),
         UpstreamFailure("bad_response"),
         ValueError("bug"),
-        CircuitOpen("open"),
+        CallNotPermitted("open"),
         UpstreamFailure(status_code=503, committed=True),
         UpstreamFailure("reset", committed=True),
     ],
@@ -117,7 +117,7 @@ async def test_never_starts_an_attempt_past_the_deadline() -> None:
     retrier, _ = make(clock, max_attempts=10)
     deadline = Deadline.after(2.0, clock)
     op, starts = scripted(clock, [UpstreamFailure("timeout")] * 10, took=0.6)
-    with pytest.raises((UpstreamFailure, DeadlineExceeded)):
+    with pytest.raises((UpstreamFailure, DeadlinePassed)):
         await retrier.run(op, deadline)
     assert starts
     assert all(s + retrier.policy.min_attempt_s <= deadline.at for s in starts)
@@ -128,7 +128,7 @@ async def test_an_attempt_is_cut_at_the_deadline() -> None:
     clock = FakeClock()
     retrier, rec = make(clock)
     op, starts = scripted(clock, ["too late"], took=10)
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlinePassed):
         await retrier.run(op, Deadline.after(1, clock))
     assert len(starts) == 1
     assert clock.now() == 1
@@ -139,7 +139,7 @@ async def test_no_attempt_when_the_deadline_cannot_fit_one() -> None:
     clock = FakeClock()
     retrier, _ = make(clock)
     op, starts = scripted(clock, ["ok"])
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlinePassed):
         await retrier.run(op, Deadline.after(0.01, clock))
     assert starts == []
 
@@ -206,8 +206,8 @@ async def test_budget_refusal_raises_the_last_error_and_is_reported() -> None:
     assert budget.snapshot()["requests"] == 1
 
 
-async def test_policy_from_settings() -> None:
-    policy = RetryPolicy.from_settings(RetrySettings(max_attempts=5, base_delay_s=0.2))
+async def test_policy_from_config() -> None:
+    policy = RetryPolicy.from_config(RetryConfig(max_attempts=5, base_delay_s=0.2))
     assert (policy.max_attempts, policy.base_delay_s, policy.max_delay_s) == (5, 0.2, 5.0)
 
 
@@ -222,8 +222,8 @@ def test_classification_table() -> None:
     assert classify(ConnectionResetError()).reason == "reset"
     assert classify(ConnectionRefusedError()).reason == "connect"
     assert not classify(asyncio.CancelledError()).retryable
-    assert not classify(DeadlineExceeded()).retryable
-    assert classify(CircuitOpen()).reason == "circuit_open"
+    assert not classify(DeadlinePassed()).retryable
+    assert classify(CallNotPermitted("open")).reason == "circuit_open"
     assert classify(RuntimeError()).reason == "error"
     assert is_caller_error(UpstreamFailure(status_code=400))
     assert is_caller_error(UpstreamFailure(status_code=422))

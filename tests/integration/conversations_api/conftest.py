@@ -23,7 +23,7 @@ async def sdk(app: FastAPI) -> AsyncIterator[openai.AsyncOpenAI]:
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
         http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=manager.app))
         client = openai.AsyncOpenAI(
-            base_url="http://keel.test/v1", api_key="unused", max_retries=0, http_client=http
+            base_url="http://localhost/v1", api_key="unused", max_retries=0, http_client=http
         )
         try:
             yield client

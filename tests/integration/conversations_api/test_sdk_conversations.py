@@ -60,7 +60,7 @@ async def test_update_without_a_version_is_428(sdk: openai.AsyncOpenAI) -> None:
     assert info.value.status_code == 428
     assert isinstance(info.value.body, dict)
     assert info.value.body["code"] == "precondition_required"
-    assert info.value.body["current_version"] == 1
+    assert info.value.response.json()["current_version"] == 1
 
 
 async def test_items_create_list_retrieve_delete(sdk: openai.AsyncOpenAI) -> None:
@@ -157,7 +157,7 @@ async def test_raw_response_etag_if_match_and_idempotent_replay(sdk: openai.Asyn
     assert stale.value.status_code == 412
     assert isinstance(stale.value.body, dict)
     assert stale.value.body["code"] == "precondition_failed"
-    assert stale.value.body["current_version"] == 2
+    assert stale.value.response.json()["current_version"] == 2
 
     key = {"Idempotency-Key": "append-1"}
     first = await sdk.conversations.items.with_raw_response.create(
@@ -189,7 +189,7 @@ async def test_items_create_honours_expected_version_and_dry_run(
             conv.id, items=[user("b")], extra_body={"expected_version": 0}
         )
     assert isinstance(info.value.body, dict)
-    assert info.value.body["current_version"] == 1
+    assert info.value.response.json()["current_version"] == 1
     dry = await sdk.conversations.items.with_raw_response.create(
         conv.id, items=[user("b")], extra_query={"dry_run": "true"}
     )

@@ -125,6 +125,6 @@ async def test_checksums_are_verified_on_every_item_read(
             await read
         assert isinstance(info.value.body, dict)
         assert info.value.body["code"] == "data_corrupted"
-        assert "TAMPERED" not in str(info.value.body)
+        assert "TAMPERED" not in info.value.response.text
     fine = await sdk.conversations.items.retrieve(items[0].id, conversation_id=conv.id)
     assert fine.id == items[0].id

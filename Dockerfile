@@ -10,20 +10,26 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     KEEL_DATA_DIR=/data \
     KEEL_LOG_FORMAT=json
 
-WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
-COPY app ./app
-COPY migrations ./migrations
-RUN pip install . \
- && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin keel \
- && mkdir -p /data && chown keel:keel /data
+# A plain (non-editable) install: the migrations ship inside the package, so nothing of the
+# source tree is needed at run time and it is removed (tests/integration/test_installed.py
+# builds this same layout without a Docker engine).
+COPY pyproject.toml README.md /src/
+COPY app /src/app
+RUN pip install /src \
+ && rm -rf /src \
+ && useradd --system --uid 10001 --home-dir /srv/keel --shell /usr/sbin/nologin keel \
+ && mkdir -p /data /srv/keel && chown keel:keel /data
 
+# The working directory holds no code. Mount a keel.toml here (read-only) and it is found as
+# ./keel.toml; provider keys come from the environment variables it names (README, Docker).
+WORKDIR /srv/keel
 USER keel
 VOLUME ["/data"]
 EXPOSE 8080
 
-# Binding 0.0.0.0 requires KEEL_API_TOKEN (Keel refuses to start without it).
+# Binding 0.0.0.0 requires KEEL_API_TOKEN (Keel refuses to start without it). /readyz: the
+# store is reachable and migrated (the container migrates at start, KEEL_AUTO_MIGRATE=true).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=2).status == 200 else 1)"]
 
 CMD ["keel", "serve"]

@@ -38,6 +38,9 @@ Hierarchy::
      ├── ModelLoadFailed            503 model_load_failed
      ├── MemoryBudgetExceeded       507 memory_budget_exceeded
      ├── DataCorrupted              500 data_corrupted
+     ├── StorageUnavailable         503 storage_unavailable    (a storage root, not the database)
+     ├── SchemaNotReady             503 schema_not_ready       (database not migrated to head)
+     ├── DatabaseUnavailable        503 database_unavailable   (unreachable, connection lost)
      └── InternalError              500 internal_error
 
 Every problem body also carries the OpenAI error envelope ``error: {message, type, code,
@@ -299,6 +302,19 @@ class MemoryBudgetExceeded(KeelError):
 
 class DataCorrupted(KeelError):
     code, status_code, title = "data_corrupted", 500, "Stored data failed its integrity check"
+
+
+class StorageUnavailable(KeelError):
+    code, status_code, title, retryable = "storage_unavailable", 503, "Storage unavailable", True
+
+
+class SchemaNotReady(KeelError):
+    code, status_code, retryable = "schema_not_ready", 503, True
+    title = "The database schema is not migrated"
+
+
+class DatabaseUnavailable(KeelError):
+    code, status_code, title, retryable = "database_unavailable", 503, "Database unavailable", True
 
 
 class InternalError(KeelError):

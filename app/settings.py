@@ -82,6 +82,20 @@ class ResilienceSettings(_Section):
     breaker: BreakerSettings = BreakerSettings()
     default_timeout_s: float = Field(60.0, gt=0, le=3600, description="request deadline")
     stream_idle_s: float = Field(30.0, gt=0, le=3600, description="max gap between chunks")
+    attempt_timeout_s: float = Field(
+        20.0, gt=0, le=3600, description="time to first byte per attempt, inside the deadline"
+    )
+    probe_interval_s: float = Field(
+        1.0, ge=0, le=600, description="active probe period while a breaker is open (0: off)"
+    )
+    max_throttle_s: float = Field(
+        60.0, ge=0, le=3600, description="longest Retry-After pause honoured after a 429"
+    )
+    # Hedged fallback per route: seconds without a first byte from the first target before the
+    # second starts too, or "p95" for the first target's observed p95 (docs/resilience.md).
+    hedge: dict[str, float | Literal["p95"]] = Field(
+        default_factory=dict, description="route -> hedge delay (seconds or p95)"
+    )
 
 
 class ProviderSettings(_Section):
@@ -95,6 +109,10 @@ class ProviderSettings(_Section):
     max_queue_wait_s: float = Field(1.0, ge=0, le=600)
     timeout_s: float | None = Field(None, gt=0, le=3600)
     connect_timeout_s: float = Field(5.0, gt=0, le=600)
+    # Overrides of [resilience] for this provider (None: the [resilience] value).
+    attempt_timeout_s: float | None = Field(None, gt=0, le=3600)
+    stream_idle_s: float | None = Field(None, gt=0, le=3600)
+    probe_interval_s: float | None = Field(None, ge=0, le=600)
     # httpx's own pool, or aiohttp underneath httpx (httpx-aiohttp); docs/benchmarks.md has
     # the measurements behind the default.
     http_transport: Literal["httpx", "aiohttp"] = "aiohttp"
@@ -118,6 +136,13 @@ class StoreSettings(_Section):
     sweep_batch: int = Field(500, ge=1, le=100_000)
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     sqlite_busy_timeout_ms: int = Field(5000, ge=0)
+    pool_size: int = Field(10, ge=1, le=1000, description="PostgreSQL connections kept open")
+    pool_max_overflow: int = Field(
+        10, ge=0, le=1000, description="extra PostgreSQL connections opened under load"
+    )
+    pool_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="wait for a free connection, then 503 overloaded"
+    )
 
 
 class DownloadSettings(_Section):
@@ -264,6 +289,11 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"routes.{route}: target {target!r} names no configured provider"
                     )
+        for route, delay in self.resilience.hedge.items():
+            if route not in self.routes:
+                raise ValueError(f"resilience.hedge.{route}: names no route")
+            if delay != "p95" and not 0 < delay <= 3600:
+                raise ValueError(f'resilience.hedge.{route}: seconds in (0, 3600] or "p95"')
         if sum(1 for p in self.providers.values() if p.kind == "local") > 1:
             raise ValueError('providers: at most one provider may have kind = "local"')
         for name, p in self.providers.items():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.api.values import check_json
 
 MAX_MESSAGES = 1000
 MAX_CONTENT_CHARS = 200_000
@@ -18,10 +20,14 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = Field(default=None)
 
 
+# A stored conversation's id: printable, so it never reaches SQL with a NUL in it.
+ConversationId = Annotated[str, Field(max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
 class ConversationRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(max_length=64)
+    id: ConversationId
 
 
 class ChatRequest(BaseModel):
@@ -31,9 +37,9 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     # Keel's extension: persist this turn into a stored conversation after success.
-    conversation_id: str | None = Field(default=None, max_length=64)
+    conversation_id: ConversationId | None = None
     # OpenAI's spelling (Responses API): an id or {"id": ...}; folded into conversation_id.
-    conversation: str | ConversationRef | None = None
+    conversation: ConversationId | ConversationRef | None = None
 
     @model_validator(mode="after")
     def _one_conversation(self) -> ChatRequest:
@@ -44,6 +50,17 @@ class ChatRequest(BaseModel):
             if self.conversation_id not in (None, named):
                 raise ValueError("conversation and conversation_id name different conversations")
             self.conversation_id = named
+        return self
+
+    @model_validator(mode="after")
+    def _forwardable(self) -> ChatRequest:
+        # Pass-through fields go to the provider as sent: they must be JSON it can parse
+        # (no Infinity, NaN or 1e400, which the JSON parser turns into infinity).
+        check_json(self.model_extra)
+        for message in self.messages:
+            check_json(message.model_extra)
+            if isinstance(message.content, list):
+                check_json(message.content)
         return self
 
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.values import JsonObject, Text, Version
 from app.errors import BadRequest
 from app.store.conversation_models import (
     Appended,
@@ -41,7 +42,7 @@ class _Body(BaseModel):
 
 class TextPartIn(_Body):
     type: Literal["input_text", "output_text"]
-    text: str
+    text: Text
     # OpenAI's output_text parts carry annotations; Keel stores none, so only [] is accepted.
     annotations: list[Any] = Field(default_factory=list, max_length=0)
 
@@ -50,42 +51,42 @@ class ItemIn(_Body):
     """A message item, as the SDK sends it: content is a string or a list of text parts."""
 
     type: Literal["message"] = "message"
-    role: str = Field(max_length=32)
-    content: str | Annotated[list[TextPartIn], Field(min_length=1)]
+    role: Text = Field(max_length=32)
+    content: Text | Annotated[list[TextPartIn], Field(min_length=1)]
     status: Literal["completed"] | None = None
 
 
 class CreateConversationBody(_Body):
-    title: str | None = None
-    metadata: dict[str, Any] | None = None
+    title: Text | None = None
+    metadata: JsonObject | None = None
     items: list[ItemIn] | None = None
 
 
 class CreateItemsBody(_Body):
     items: list[ItemIn] = Field(min_length=1)
-    expected_version: int | None = Field(None, ge=0)
+    expected_version: Version | None = None
 
 
 class UpdateConversationBody(_Body):
     """PATCH: only the fields sent change; ``metadata`` replaces the whole object."""
 
-    title: str | None = None
-    metadata: dict[str, Any] | None = None
-    expected_version: int | None = Field(None, ge=0)
+    title: Text | None = None
+    metadata: JsonObject | None = None
+    expected_version: Version | None = None
 
 
 class DeleteConversationBody(_Body):
-    expected_version: int | None = Field(None, ge=0)
+    expected_version: Version | None = None
 
 
 class MessageIn(_Body):
-    role: str = Field(max_length=32)
-    content: str
+    role: Text = Field(max_length=32)
+    content: Text
 
 
 class AppendMessagesBody(_Body):
     messages: list[MessageIn] = Field(min_length=1)
-    expected_version: int | None = Field(None, ge=0)
+    expected_version: Version | None = None
 
 
 # -- headers --
@@ -125,6 +126,17 @@ def none_match(if_none_match: str | None, version: int) -> bool:
         if item == "*" or item.removeprefix("W/") == etag(version):
             return True
     return False
+
+
+# -- page cursors --
+
+
+def page_after(after: str | None, what: str) -> str | None:
+    """An ``after`` cursor (an id this API returned), refused before it reaches SQL when it
+    cannot be one (PostgreSQL rejects a NUL in text with an error, not "no row")."""
+    if after is not None and (len(after) > 64 or not after.isprintable()):
+        raise BadRequest(f"after is not the id of {what}.")
+    return after
 
 
 # -- items in --

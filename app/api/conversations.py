@@ -19,11 +19,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.api import conversation_schemas as s
+from app.api.values import Version
 from app.errors import PreconditionFailed, ValidationFailed, VersionConflict
 from app.observability.metrics import Metrics
 from app.store.conversation_models import FieldChanges, NewMessage
@@ -85,6 +86,9 @@ StoreDep = Annotated[_Store, Depends(_store)]
 WriteDep = Annotated[_Write, Depends(_write)]
 IfNoneMatch = Annotated[str | None, Header()]
 Order = Literal["asc", "desc"]
+# Ids are UUIDs; anything that cannot be one is refused before SQL (PostgreSQL answers a NUL in
+# text with an error, not with "no row").
+Id = Annotated[str, Path(max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Effect = Callable[[AsyncConnection, bool], Awaitable[StoredResponse]]
 
 
@@ -161,16 +165,18 @@ async def list_conversations(
 ) -> Response:
     """Keel's list (OpenAI has none): newest first, ``after`` the last id of a page."""
     async with store.db.read() as conn:
-        page = await store.conversations.page(conn, limit=limit, after=after)
+        page = await store.conversations.page(
+            conn, limit=limit, after=s.page_after(after, "a conversation")
+        )
     return Response(s.dumps(s.page_json(page)), media_type=JSON)
 
 
 @router.get("/{conversation_id}")
 async def get_conversation(
-    conversation_id: str,
+    conversation_id: Id,
     store: StoreDep,
     if_none_match: IfNoneMatch = None,
-    since_version: Annotated[int | None, Query(ge=0)] = None,
+    since_version: Annotated[Version | None, Query()] = None,
     limit: int = 20,
     order: Order = "desc",
 ) -> Response:
@@ -196,7 +202,7 @@ async def get_conversation(
 @router.post("/{conversation_id}", openapi_extra=_documented(KEY_HEADER, "If-Match"))
 @router.patch("/{conversation_id}", openapi_extra=_documented(KEY_HEADER, "If-Match"))
 async def update_conversation(
-    conversation_id: str, body: s.UpdateConversationBody, w: WriteDep
+    conversation_id: Id, body: s.UpdateConversationBody, w: WriteDep
 ) -> Response:
     """POST is OpenAI's update (the SDK's ``conversations.update``); PATCH is Keel's older
     spelling of the same thing."""
@@ -218,7 +224,7 @@ async def update_conversation(
 
 @router.delete("/{conversation_id}", openapi_extra=_documented(KEY_HEADER, "If-Match"))
 async def delete_conversation(
-    conversation_id: str, w: WriteDep, body: s.DeleteConversationBody | None = None
+    conversation_id: Id, w: WriteDep, body: s.DeleteConversationBody | None = None
 ) -> Response:
     pre = s.precondition(w.if_match, body.expected_version if body else None)
 
@@ -232,7 +238,7 @@ async def delete_conversation(
 @router.post(
     "/{conversation_id}/items", status_code=201, openapi_extra=_documented(KEY_HEADER, "If-Match")
 )
-async def create_items(conversation_id: str, body: s.CreateItemsBody, w: WriteDep) -> Response:
+async def create_items(conversation_id: Id, body: s.CreateItemsBody, w: WriteDep) -> Response:
     """Append items: one version, one transaction. ``include`` is accepted and ignored (it
     asks for data only non-message items have)."""
     pre = s.precondition(w.if_match, body.expected_version)
@@ -254,12 +260,12 @@ async def create_items(conversation_id: str, body: s.CreateItemsBody, w: WriteDe
 
 @router.get("/{conversation_id}/items")
 async def list_items(
-    conversation_id: str,
+    conversation_id: Id,
     store: StoreDep,
     limit: int = 20,
     order: Order = "desc",
     after: str | None = None,
-    since_version: Annotated[int | None, Query(ge=0)] = None,
+    since_version: Annotated[Version | None, Query()] = None,
 ) -> Response:
     """A page of items, read as a page from the database; ``since_version`` makes it a
     delta (added items and tombstones of deleted ones)."""
@@ -269,14 +275,14 @@ async def list_items(
             conversation_id,
             limit=limit,
             descending=order == "desc",
-            after=after,
+            after=s.page_after(after, "an item of this conversation"),
             since_version=since_version,
         )
     return _json(s.items_json(page), page.conversation.version)
 
 
 @router.get("/{conversation_id}/items/{item_id}")
-async def get_item(conversation_id: str, item_id: str, store: StoreDep) -> Response:
+async def get_item(conversation_id: Id, item_id: Id, store: StoreDep) -> Response:
     async with store.db.read() as conn:
         item = await store.conversations.item(conn, conversation_id, item_id)
     return Response(s.dumps(s.item_json(item)), media_type=JSON)
@@ -286,8 +292,8 @@ async def get_item(conversation_id: str, item_id: str, store: StoreDep) -> Respo
     "/{conversation_id}/items/{item_id}", openapi_extra=_documented(KEY_HEADER, "If-Match")
 )
 async def delete_item(
-    conversation_id: str,
-    item_id: str,
+    conversation_id: Id,
+    item_id: Id,
     w: WriteDep,
     body: s.DeleteConversationBody | None = None,
 ) -> Response:
@@ -309,9 +315,7 @@ async def delete_item(
     status_code=201,
     openapi_extra=_documented(KEY_HEADER, "If-Match"),
 )
-async def append_messages(
-    conversation_id: str, body: s.AppendMessagesBody, w: WriteDep
-) -> Response:
+async def append_messages(conversation_id: Id, body: s.AppendMessagesBody, w: WriteDep) -> Response:
     pre = s.precondition(w.if_match, body.expected_version)
     messages = [NewMessage(m.role, m.content) for m in body.messages]
     w.store.conversations.validate_messages(messages)  # before any transaction
@@ -330,7 +334,7 @@ async def append_messages(
 
 
 @router.post("/{conversation_id}/verify")
-async def verify_conversation(conversation_id: str, store: StoreDep) -> Response:
+async def verify_conversation(conversation_id: Id, store: StoreDep) -> Response:
     """Integrity report: every checksum and the seq sequence; 200 even when corrupted."""
     async with store.db.read() as conn:
         report = await store.conversations.verify(conn, conversation_id)

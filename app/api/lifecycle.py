@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import DatabaseDep
+from app.api.values import StoragePath
 from app.lifecycle.component import STATE_KEY
 from app.lifecycle.manifest import Capability
 from app.lifecycle.progress import ProgressEvent
@@ -50,8 +51,8 @@ class StorageRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    root: str | None = Field(None, max_length=4096)
-    overrides: dict[Capability, str] = Field(default_factory=dict, max_length=8)
+    root: StoragePath | None = None
+    overrides: dict[Capability, StoragePath] = Field(default_factory=dict, max_length=8)
     create: bool = False
 
 

@@ -42,6 +42,7 @@ from app.resilience.errors import (
 )
 from app.resilience.failures import Classification, UpstreamFailure
 from app.resilience.guard import ProviderGuard
+from app.resilience.probe import Probe
 from app.settings import (
     ProviderSettings,
     ResilienceSettings,
@@ -115,11 +116,18 @@ def guard_config(
     provider: str, cfg: ProviderSettings, resilience: ResilienceSettings
 ) -> GuardConfig:
     """Defaults merged with the provider's overrides (``ConfigError`` names the bad setting)."""
+    attempt_timeout = cfg.attempt_timeout_s or resilience.attempt_timeout_s
+    probe_interval = resilience.probe_interval_s
+    if cfg.probe_interval_s is not None:
+        probe_interval = cfg.probe_interval_s
     return GuardConfig(
         retry=effective_retry(resilience.retry, cfg.retry, provider=provider).to_config(),
         breaker=effective_breaker(resilience.breaker, cfg.breaker, provider=provider).to_config(),
         max_concurrency=cfg.max_concurrency,
         max_queue_wait_s=cfg.max_queue_wait_s,
+        attempt_timeout_s=attempt_timeout,
+        probe_interval_s=probe_interval,
+        max_throttle_s=resilience.max_throttle_s,
     )
 
 
@@ -132,7 +140,10 @@ def build_guard(
     timeline: Timeline | None = None,
     clock: Clock | None = None,
     rng: random.Random | None = None,
+    prober: Probe | None = None,
 ) -> ProviderGuard:
+    """``prober`` is the provider's cheap health request (``GET /models``), sent while the
+    breaker is open (``probe_interval_s``)."""
     guard = ProviderGuard(
         provider,
         guard_config(provider, cfg, resilience),
@@ -140,6 +151,7 @@ def build_guard(
         observer=ChatObserver(metrics, timeline),
         rng=rng,
         classifier=classify,
+        prober=prober,
     )
     if metrics is not None:
         metrics.set_breaker_state(provider, guard.breaker.state.value)

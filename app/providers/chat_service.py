@@ -1,10 +1,13 @@
 """Deciding who answers a chat request: targets in order, each behind its guard, one deadline.
 
 Per target: a concurrency slot (held until the answer is delivered, the whole stream included),
-then attempts under the breaker and the retry policy with its budget. A retryable failure, an
-exhausted budget, an open circuit or a full queue moves on to the next target; a caller error
-(the upstream's 4xx) or the deadline ends the request. Streams count as answered once their
-first event has arrived: until then a failure may still retry or fall back, after it nothing is.
+then attempts under the breaker and the retry policy with its budget, each attempt bounded by
+its time-to-first-byte limit. Any fault of the target (hung, slow, refused, 5xx, throttled,
+breaker open, overloaded, a local model cooling down) moves on to the next target; a caller
+error (the upstream's 4xx about the request) or the deadline ends the request. A route may hedge
+(``[resilience.hedge]``): its second target starts too when the first is slow (``hedge.py``).
+Streams count as answered once their first event has arrived: until then a failure may still
+retry or fall back, after it nothing is.
 """
 
 from __future__ import annotations
@@ -15,15 +18,14 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from app.chat import hedge
 from app.chat.resilience import to_catalogue, upstream_error
 from app.errors import (
     CapabilityUnavailable,
     CircuitOpen,
     DeadlineExceeded,
     KeelError,
-    Overloaded,
     RateLimited,
-    RetryBudgetExhausted,
     UpstreamRejected,
 )
 from app.observability.metrics import Metrics
@@ -39,6 +41,18 @@ from app.settings import Settings
 log = logging.getLogger("keel.chat")
 
 T = TypeVar("T")
+
+
+_MIN_HEDGE_S = 0.05  # a "p95" hedge never fires sooner than this
+
+
+@dataclass
+class _Run:
+    """One target's share of a request: attempts made (counted as they start, so a cancelled
+    hedge is counted too) and whether another target could still answer."""
+
+    fallback: bool
+    attempts: int = 0
 
 
 @dataclass
@@ -98,27 +112,35 @@ class ChatService:
     async def complete(
         self, body: dict[str, Any], targets: list[Target], deadline: Deadline
     ) -> Answer:
-        async def attempt(target: Target, stack: AsyncExitStack) -> Answer:
+        async def attempt(target: Target, stack: AsyncExitStack, run: _Run) -> Answer:
             provider = self.providers[target.provider]
-            completion, attempts = await self.guards[target.provider].run(
-                lambda d: provider.complete(body, target.model, d), deadline
+
+            def op(d: Deadline) -> Awaitable[Completion]:
+                run.attempts += 1
+                return provider.complete(body, target.model, d)
+
+            completion, _ = await self.guards[target.provider].run(
+                op, deadline, fallback=run.fallback
             )
-            return Answer(target, attempts, completion=completion)
+            return Answer(target, 0, completion=completion)
 
         return await self._first_answer(targets, deadline, attempt)
 
     async def open_stream(
         self, body: dict[str, Any], targets: list[Target], deadline: Deadline
     ) -> Answer:
-        idle = min(self.settings.resilience.stream_idle_s, max(deadline.remaining(), 0.001))
-
         async def open_and_peek(
-            target: Target, d: Deadline
+            target: Target, d: Deadline, run: _Run
         ) -> tuple[ChatStream, bytes, AsyncIterator[bytes]]:
+            run.attempts += 1
             stream = await self.providers[target.provider].open_stream(body, target.model, d)
-            events = stream.events(min(idle, max(d.remaining(), 0.001)))
+            # The gaps between events are bounded by the idle limit and the request's deadline;
+            # the first event by ``d``, which is also the attempt's time-to-first-byte limit.
+            idle = min(self._stream_idle_s(target), max(deadline.remaining(), 0.001))
+            events = stream.events(idle)
             try:
-                first = await anext(events)
+                async with d.bound():
+                    first = await anext(events)
             except StopAsyncIteration:
                 await stream.aclose()
                 raise UpstreamFailure("stream_empty") from None
@@ -131,61 +153,131 @@ class ChatService:
                 raise
             return stream, first, events
 
-        async def attempt(target: Target, stack: AsyncExitStack) -> Answer:
-            (stream, first, rest), attempts = await self.guards[target.provider].run(
-                lambda d: open_and_peek(target, d), deadline
+        async def attempt(target: Target, stack: AsyncExitStack, run: _Run) -> Answer:
+            (stream, first, rest), _ = await self.guards[target.provider].run(
+                lambda d: open_and_peek(target, d, run), deadline, fallback=run.fallback
             )
             # Hand the slot and the socket to the stream: released when the client is done.
             owned = stack.pop_all()
             owned.push_async_callback(stream.aclose)
-            return Answer(target, attempts, stream=OpenedStream(first, rest, owned))
+            return Answer(target, 0, stream=OpenedStream(first, rest, owned))
 
         return await self._first_answer(targets, deadline, attempt)
+
+    def _stream_idle_s(self, target: Target) -> float:
+        cfg = self.settings.providers.get(target.provider)
+        override = cfg.stream_idle_s if cfg is not None else None
+        return override or self.settings.resilience.stream_idle_s
+
+    def _hedge_delay(self, targets: list[Target]) -> float | None:
+        """Seconds before the second target starts too, when the route asks for hedging."""
+        if len(targets) < 2:
+            return None
+        for route, delay in self.settings.resilience.hedge.items():
+            if self.router.routes.get(route) == targets:
+                if delay != "p95":
+                    return delay
+                guard = self.guards[targets[0].provider]
+                observed = guard.latency_quantile(0.95)
+                if observed is None:  # too few samples yet: half the attempt timeout
+                    return (guard.config.attempt_timeout_s or 2.0) / 2
+                return max(observed, _MIN_HEDGE_S)
+        return None
 
     async def _first_answer(
         self,
         targets: list[Target],
         deadline: Deadline,
-        attempt: Callable[[Target, AsyncExitStack], Awaitable[Answer]],
+        attempt: Callable[[Target, AsyncExitStack, _Run], Awaitable[Answer]],
     ) -> Answer:
         errors: list[KeelError] = []
-        attempts = 0
-        for index, target in enumerate(targets):
-            if deadline.expired:
-                break
-            guard = self.guards[target.provider]
-            try:
-                async with AsyncExitStack() as stack:
-                    await stack.enter_async_context(guard.slot(deadline))
-                    answer = await attempt(target, stack)
-                answer.attempts += attempts
-                if index > 0:
-                    self.metrics.fallbacks.labels(route=targets[0].provider).inc()
-                return answer
-            except UpstreamFailure as exc:
-                attempts += exc.attempts
-                mapped = upstream_error(exc, deadline, target.id)
-                if isinstance(mapped, UpstreamRejected | DeadlineExceeded):
-                    raise _costed(mapped, attempts) from exc
-                errors.append(mapped)
-            except (CircuitOpen, Overloaded, RetryBudgetExhausted) as exc:
-                errors.append(exc)
-            except DeadlinePassed as exc:
-                raise _costed(to_catalogue(exc), attempts) from None
-            except ResilienceError as exc:  # a refusal: the next target may still answer
-                errors.append(to_catalogue(exc))
-            except DeadlineExceeded as exc:
-                _costed(exc, attempts)
-                raise
-            log.info(
-                "target failed, falling back", extra={"target": target.id, "code": errors[-1].code}
-            )
+        runs: list[_Run] = []
+
+        def start(index: int) -> Callable[[], Awaitable[Answer | KeelError]]:
+            run = _Run(fallback=index < len(targets) - 1)
+            runs.append(run)
+            return lambda: self._try_target(targets[index], deadline, attempt, run)
+
+        def cost() -> int:
+            return sum(r.attempts for r in runs)
+
+        index = 0
+        try:
+            delay = self._hedge_delay(targets)
+            if delay is not None:
+                raced = await hedge.race(
+                    start(0),
+                    start(1),
+                    delay,
+                    self.clock,
+                    may_hedge=self.guards[targets[0].provider].budget.try_spend_retry,
+                    succeeded=lambda r: isinstance(r, Answer),
+                    discard=_discard,
+                    on_hedge=lambda outcome: self.metrics.hedges.labels(
+                        provider=targets[1].provider, outcome=outcome
+                    ).inc(),
+                )
+                if raced.winner is not None:
+                    return self._answered(raced.results[0], raced.winner, targets, cost())
+                errors.extend(r for r in raced.results if isinstance(r, KeelError))
+                index = 2 if raced.hedged else 1
+            for i in range(index, len(targets)):
+                if deadline.expired:
+                    break
+                result = await start(i)()
+                if isinstance(result, Answer):
+                    return self._answered(result, i, targets, cost())
+                errors.append(result)
+        except KeelError as exc:
+            raise _costed(exc, cost()) from None
         if deadline.expired:
             raise _costed(
                 DeadlineExceeded("The request deadline passed before any target answered."),
-                attempts,
+                cost(),
             )
-        raise _costed(self._final_error(errors), attempts)
+        raise _costed(self._final_error(errors), cost())
+
+    def _answered(
+        self, result: Answer | KeelError, index: int, targets: list[Target], cost: int
+    ) -> Answer:
+        assert isinstance(result, Answer)
+        result.attempts = cost
+        if index > 0:
+            self.metrics.fallbacks.labels(route=targets[0].provider).inc()
+        return result
+
+    async def _try_target(
+        self,
+        target: Target,
+        deadline: Deadline,
+        attempt: Callable[[Target, AsyncExitStack, _Run], Awaitable[Answer]],
+        run: _Run,
+    ) -> Answer | KeelError:
+        """One target's answer, or the error to fall back from when the fault is the target's
+        (hung, slow, refused, 5xx, throttled, breaker open, overloaded, refused credentials, a
+        local model cooling down). Raises what no other target can fix: the caller's own
+        mistake (the upstream's 4xx about the request) and the deadline."""
+        guard = self.guards[target.provider]
+        try:
+            async with AsyncExitStack() as stack:
+                await stack.enter_async_context(guard.slot(deadline))
+                return await attempt(target, stack, run)
+        except UpstreamFailure as exc:
+            mapped = upstream_error(exc, deadline, target.id)
+            error: KeelError = mapped
+            if isinstance(mapped, UpstreamRejected | DeadlineExceeded):
+                raise mapped from exc
+        except DeadlinePassed as exc:
+            raise to_catalogue(exc) from None
+        except ResilienceError as exc:  # a refusal: the next target may still answer
+            error = to_catalogue(exc)
+        except KeelError as exc:  # raised by a provider itself (a local model, say)
+            caller_fault = exc.status_code < 500 and not exc.retryable
+            if caller_fault or isinstance(exc, UpstreamRejected | DeadlineExceeded):
+                raise
+            error = exc
+        log.info("target failed, falling back", extra={"target": target.id, "code": error.code})
+        return error
 
     @staticmethod
     def _final_error(errors: list[KeelError]) -> KeelError:
@@ -212,3 +304,8 @@ def _costed(exc: KeelError, attempts: int) -> KeelError:
     """Tell the caller what the failure cost upstream, so it can see Keel already retried."""
     exc.headers.setdefault("X-Keel-Attempts", str(attempts))
     return exc
+
+
+async def _discard(result: Answer | KeelError) -> None:
+    if isinstance(result, Answer) and result.stream is not None:
+        await result.stream.aclose()

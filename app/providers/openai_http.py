@@ -115,6 +115,19 @@ class OpenAIHTTPProvider:
             raise self._status_failure(resp, content)
         return HTTPChatStream(resp, self.name)
 
+    async def probe(self, deadline: Deadline) -> None:
+        """``GET models``, the cheap request that tells an open breaker the server is back.
+
+        Any answer but a 5xx, 408 or 429 counts: a 401 or 404 still proves the server is up,
+        and whether chat works is what the half-open trial call finds out.
+        """
+        try:
+            resp = await self._client.get("models", timeout=self._timeout(deadline))
+        except httpx.HTTPError as exc:
+            raise _transport_failure(exc, self.name) from exc
+        if resp.status_code >= 500 or resp.status_code in (408, 429):
+            raise UpstreamFailure(status_code=resp.status_code)
+
     def _timeout(self, deadline: Deadline) -> httpx.Timeout:
         """Each phase keeps its own cap, and none outlives the request's deadline."""
         left = max(deadline.remaining(), 0.001)

@@ -26,13 +26,15 @@ def providers_component() -> Callable[[dict[str, Any]], Any]:
             for name, cfg in settings.providers.items():
                 if cfg.kind != "openai":
                     continue  # local models join through the runtime (later issue)
-                providers[name] = OpenAIHTTPProvider(name, cfg)
+                http = OpenAIHTTPProvider(name, cfg)
+                providers[name] = http
                 guards[name] = build_guard(
                     name,
                     cfg,
                     settings.resilience,
                     metrics=state["metrics"],
                     timeline=state["timeline"],
+                    prober=http.probe,
                 )
             router = ModelRouter(
                 settings.routes, {n: p.model_names() for n, p in providers.items()}
@@ -44,6 +46,8 @@ def providers_component() -> Callable[[dict[str, Any]], Any]:
             )
             yield
         finally:
+            for guard in guards.values():
+                await guard.aclose()  # stops its prober
             for provider in providers.values():
                 await provider.aclose()
 

@@ -2,9 +2,9 @@
 
 Full jitter (``U(0, min(max_delay, base * 2**n))``, the AWS Architecture Blog's recommendation)
 spreads retries of many clients over the whole interval, so a provider that hiccups is not hit
-by synchronised waves. The upstream's ``Retry-After`` is a floor on the wait (the larger of the
-two wins) and the request deadline a ceiling: a wait that cannot leave room for one more attempt
-is not taken at all.
+by synchronised waves. The upstream's ``Retry-After`` is a floor on the wait (with jitter
+spreading the retries after it) and the request deadline a ceiling: a wait that cannot leave
+room for one more attempt is not taken at all.
 """
 
 from __future__ import annotations
@@ -66,15 +66,20 @@ def compute_delay(
 ) -> float | None:
     """The wait before retry number ``attempt`` (from 0), or ``None`` when it cannot fit.
 
-    The wait is ``max(jitter, retry_after)``. With a deadline ``remaining`` seconds away, the
-    wait plus ``min_attempt_s`` (the least time worth giving an attempt) must fit: the jitter is
-    shortened to fit (it is random anyway), but ``Retry-After`` is the upstream's demand and is
-    never shortened: if it does not fit, there is no retry.
+    Without ``Retry-After`` the wait is full jitter. With it, the wait is the upstream's pause
+    plus full jitter over up to as much again (``U(ra, ra + min(ra, cap))``): every client told
+    "1 s" coming back at exactly 1 s would be the next wave of 429s. With a deadline
+    ``remaining`` seconds away, the wait plus ``min_attempt_s`` (the least time worth giving an
+    attempt) must fit: jitter is shortened to fit (it is random anyway), but ``Retry-After`` is
+    the upstream's demand and is never shortened: if it does not fit, there is no retry.
     """
-    delay = full_jitter(attempt, base, cap, rng)
-    floor = max(0.0, retry_after) if retry_after is not None else 0.0
+    if retry_after is None:
+        floor, delay = 0.0, full_jitter(attempt, base, cap, rng)
+    else:
+        floor = max(0.0, retry_after)
+        delay = floor + rng.uniform(0.0, max(0.0, min(floor, cap)))
     if remaining is None:
-        return max(delay, floor)
+        return delay
     room = remaining - min_attempt_s
     if room < 0 or floor > room:
         return None

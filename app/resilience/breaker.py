@@ -173,6 +173,7 @@ class CircuitBreaker:
         self._epoch = 0
         self._free_permits = 0
         self._open_until = 0.0
+        self._opened_at = 0.0
         self._open_duration: float | None = None
         self._reopens = 0
 
@@ -247,6 +248,17 @@ class CircuitBreaker:
             return
         if permit.trial and self._state is BreakerState.HALF_OPEN:
             self._free_permits += 1
+
+    def hold_open(self, until: float) -> None:
+        """Keep an ``open`` breaker from lapsing into half-open before ``until``.
+
+        An active prober calls this so that its probe, not a user's call, finds out whether the
+        provider is back. The hold never reaches past ``open_max_s`` after opening: should the
+        probe itself be broken, a trial call still comes, as without probing.
+        """
+        if self._state is BreakerState.OPEN:
+            cap = self._opened_at + self.config.open_max_s
+            self._open_until = max(self._open_until, min(until, cap))
 
     def probe_succeeded(self) -> bool:
         """An active probe found the provider answering: open -> half_open at once.
@@ -326,7 +338,8 @@ class CircuitBreaker:
         c = self.config
         doubled = math.ldexp(c.open_s, min(self._reopens, _MAX_DOUBLINGS))
         self._open_duration = min(c.open_max_s, doubled)
-        self._open_until = self._clock.now() + self._open_duration
+        self._opened_at = self._clock.now()
+        self._open_until = self._opened_at + self._open_duration
         self._transition(BreakerState.OPEN, f"{reason}; open for {self._open_duration:g} s")
 
     def _maybe_half_open(self) -> None:

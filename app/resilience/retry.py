@@ -103,10 +103,18 @@ class Retrier:
         self._classify = classifier
 
     async def run(
-        self, op: Callable[[Deadline], Awaitable[T]], deadline: Deadline
+        self,
+        op: Callable[[Deadline], Awaitable[T]],
+        deadline: Deadline,
+        *,
+        classifier: Callable[[BaseException], Classification] | None = None,
     ) -> tuple[T, int]:
-        """``(result, attempts made)``; raises the last error when retries end."""
+        """``(result, attempts made)``; raises the last error when retries end.
+
+        ``classifier`` replaces the retrier's own for this run (a caller with a fallback
+        target may decline retries the fallback serves better)."""
         p = self.policy
+        classify_ = classifier or self._classify
         if deadline.remaining() < p.min_attempt_s:
             raise DeadlinePassed(DEADLINE_DETAIL)
         if self._budget is not None:
@@ -123,7 +131,7 @@ class Retrier:
             except Exception as exc:
                 if isinstance(exc, UpstreamFailure):
                     exc.attempts = attempt
-                c = self._classify(exc)
+                c = classify_(exc)
                 self._observer.on_attempt(attempt, c.reason)
                 if not c.retryable:
                     raise

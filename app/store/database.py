@@ -5,22 +5,32 @@ short transaction: on SQLite it starts with ``BEGIN IMMEDIATE`` and is serialise
 lock, because a deferred transaction that upgrades to a writer fails with ``database is locked``
 without ever calling the busy handler; on PostgreSQL writes run concurrently and rely on row
 locks and version checks.
+
+Both turn transient failures of the store (no free pooled connection, a connection the server
+terminated, a refused connect) and an unmigrated schema into 503s from the catalogue
+(``db_errors.translate``); anything else propagates unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.settings import StoreSettings
+from app.store.db_errors import translate
+
+# sqlite3.OperationalError arrives raw from the SQLite fast path (sqlite_fastpath.py).
+_TRANSIENT = (sa_exc.DBAPIError, sa_exc.TimeoutError, ConnectionError, sqlite3.OperationalError)
 
 
 class Database:
@@ -32,7 +42,11 @@ class Database:
             _create_engine(url, self.store)
             if self.is_sqlite
             else create_async_engine(
-                url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=10
+                url,
+                pool_size=self.store.pool_size,
+                max_overflow=self.store.pool_max_overflow,
+                pool_pre_ping=True,
+                pool_timeout=self.store.pool_timeout_s,
             )
         )
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -40,23 +54,35 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """One write transaction: commit when the block returns, roll back when it raises."""
-        if self._write_lock is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, self.engine.connect() as conn:
-            conn.info["begin_mode"] = "IMMEDIATE"
-            async with conn.begin():
-                yield conn
+        try:
+            if self._write_lock is None:
+                async with self.engine.begin() as conn:
+                    yield conn
+                return
+            async with self._write_lock, self.engine.connect() as conn:
+                conn.info["begin_mode"] = "IMMEDIATE"
+                async with conn.begin():
+                    yield conn
+        except _TRANSIENT as exc:
+            translated = translate(exc)
+            if translated is None:
+                raise
+            raise translated from exc
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only snapshot (SQLite WAL readers never block the writer)."""
-        async with self.engine.connect() as conn, conn.begin() as tx:
-            try:
-                yield conn
-            finally:
-                await tx.rollback()
+        try:
+            async with self.engine.connect() as conn, conn.begin() as tx:
+                try:
+                    yield conn
+                finally:
+                    await tx.rollback()
+        except _TRANSIENT as exc:
+            translated = translate(exc)
+            if translated is None:
+                raise
+            raise translated from exc
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -76,6 +102,7 @@ def _create_engine(url: str, store: StoreSettings) -> AsyncEngine:
             # A small pool: one writer at a time anyway, plus readers under WAL.
             pool_size=8,
             max_overflow=0,
+            pool_timeout=store.pool_timeout_s,
             connect_args={"timeout": store.sqlite_busy_timeout_ms / 1000},
         )
         if parsed.database not in (None, "", ":memory:")
@@ -86,6 +113,10 @@ def _create_engine(url: str, store: StoreSettings) -> AsyncEngine:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from the driver; _on_begin below issues BEGIN itself.
         dbapi_conn.isolation_level = None
+        # SQLite returns TEXT bytes unchecked, and sqlite3 raises on invalid UTF-8 before any
+        # checksum runs (a bit flip became a 500 internal_error). Decoding with U+FFFD keeps
+        # the read going; the altered text then fails its checksum like any other damage.
+        dbapi_conn.driver_connection.text_factory = _decode_text
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={store.sqlite_synchronous}")
@@ -98,3 +129,7 @@ def _create_engine(url: str, store: StoreSettings) -> AsyncEngine:
         conn.exec_driver_sql(f"BEGIN {conn.info.pop('begin_mode', 'DEFERRED')}")
 
     return engine
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")

@@ -55,7 +55,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.errors import IdempotencyInProgress, IdempotencyKeyReused
+from app.errors import DataCorrupted, IdempotencyInProgress, IdempotencyKeyReused
 from app.observability.metrics import Metrics
 from app.settings import StoreSettings
 from app.store import idempotency_repository as repo
@@ -208,7 +208,15 @@ class Idempotency:
             row = await repo.get(conn, key=request.key, scope=request.scope)
             if row is None:
                 continue  # abandoned or swept between the two statements
-            stored = _decide(row, request, now)
+            try:
+                stored = _decide(row, request, now)
+            except DataCorrupted:
+                self.metrics.data_corruption.labels(kind="idempotent_response").inc()
+                log.error(
+                    "stored idempotent response failed its checksum",
+                    extra={"route": request.route, "scope": request.scope},
+                )
+                raise
             if stored is not None:
                 return stored
             if await repo.take_over(
@@ -286,6 +294,12 @@ def _decide(row: repo.KeyRow, request: IdempotencyRequest, now: datetime) -> Sto
         return None
     if row.status_code is None or row.response_body is None:
         return None  # a completed row without a response cannot be replayed; run again
+    if not row.response_intact(key=request.key, scope=request.scope):
+        # Never replay bytes that changed behind Keel's back, and never run the effect again
+        # either: it already happened once. The key stays refused until it expires.
+        raise DataCorrupted(
+            "The response stored under this idempotency key failed its integrity check."
+        )
     return StoredResponse(
         row.status_code, row.response_body, dict(row.response_headers or {}), replayed=True
     )

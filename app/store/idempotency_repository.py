@@ -2,11 +2,13 @@
 
 A row is keyed by (key, scope) and owned by the random ``owner`` token of the request that
 claimed it; completing and taking over are compare-and-set on that token, so a request whose
-lease was taken over can never complete.
+lease was taken over can never complete. A completed row carries ``response_checksum``, a
+SHA-256 over the key, scope and the stored response, checked before the response is replayed.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +17,7 @@ from sqlalchemy import bindparam, delete, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.store.checksums import canonical_json
 from app.store.sqlite_fastpath import Prepared
 from app.store.tables import idempotency_keys as K
 from app.store.timeutil import as_utc
@@ -33,6 +36,44 @@ class KeyRow:
     response_headers: dict[str, str] | None
     expires_at: datetime
     lease_expires_at: datetime | None
+    response_checksum: str | None = None
+
+    def response_intact(self, *, key: str, scope: str) -> bool:
+        """Whether the stored response still matches its checksum.
+
+        Rows completed before the checksum column existed (NULL) cannot be checked and pass.
+        """
+        if self.response_checksum is None:
+            return True
+        try:
+            expected = response_checksum(
+                key=key,
+                scope=scope,
+                status_code=self.status_code,
+                body=self.response_body,
+                headers=self.response_headers,
+            )
+        except (TypeError, ValueError):  # headers that no longer encode: damaged JSON
+            return False
+        return expected == self.response_checksum
+
+
+def response_checksum(
+    *,
+    key: str,
+    scope: str,
+    status_code: int | None,
+    body: bytes | None,
+    headers: dict[str, str] | None,
+) -> str:
+    """Binds the response to its key and scope, so a row copied under another key fails too."""
+    head = canonical_json(
+        {"headers": headers or {}, "key": key, "scope": scope, "status": status_code}
+    )
+    digest = hashlib.sha256(head)
+    digest.update(b"\n")
+    digest.update(body or b"")
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +94,7 @@ class ClaimStamp:
             "status_code": None,
             "response_body": None,
             "response_headers": None,
+            "response_checksum": None,
             "created_at": self.now,
             "expires_at": self.expires_at,
             "lease_expires_at": self.lease_expires_at,
@@ -80,6 +122,7 @@ _ROW = (
     K.c.response_headers,
     K.c.expires_at,
     K.c.lease_expires_at,
+    K.c.response_checksum,
 )
 _GET = Prepared(
     select(*_ROW).where(K.c.key == bindparam("p_key"), K.c.scope == bindparam("p_scope")), _ROW
@@ -97,6 +140,7 @@ _COMPLETE = Prepared(
         status_code=bindparam("p_status", type_=K.c.status_code.type),
         response_body=bindparam("p_body", type_=K.c.response_body.type),
         response_headers=bindparam("p_headers", type_=K.c.response_headers.type),
+        response_checksum=bindparam("p_checksum", type_=K.c.response_checksum.type),
         lease_expires_at=None,
     )
 )
@@ -112,7 +156,9 @@ async def get(conn: AsyncConnection, *, key: str, scope: str) -> KeyRow | None:
     rows = await _GET.fetch(conn, {"p_key": key, "p_scope": scope})
     if not rows:
         return None
-    fingerprint, state, owner, status, body, headers, expires_at, lease_expires_at = rows[0]
+    fingerprint, state, owner, status, body, headers, expires_at, lease_expires_at, checksum = rows[
+        0
+    ]
     return KeyRow(
         fingerprint,
         state,
@@ -122,6 +168,7 @@ async def get(conn: AsyncConnection, *, key: str, scope: str) -> KeyRow | None:
         headers,
         as_utc(expires_at),
         as_utc(lease_expires_at) if lease_expires_at is not None else None,
+        checksum,
     )
 
 
@@ -156,6 +203,9 @@ async def complete(
             "p_status": status_code,
             "p_body": body,
             "p_headers": headers,
+            "p_checksum": response_checksum(
+                key=key, scope=scope, status_code=status_code, body=body, headers=headers
+            ),
         },
     )
     return changed == 1
@@ -171,12 +221,21 @@ async def release(conn: AsyncConnection, *, key: str, scope: str, owner: str) ->
 
 
 async def delete_expired(conn: AsyncConnection, *, now: datetime, limit: int) -> int:
-    """Delete up to ``limit`` rows whose ``expires_at`` has passed (oldest first)."""
+    """Delete up to ``limit`` rows whose ``expires_at`` has passed (oldest first).
+
+    The outer ``expires_at`` condition is what makes this safe against a concurrent takeover:
+    when the DELETE waits on a row lock, PostgreSQL re-checks only the outer statement's own
+    conditions against the committed row, not the IN-subquery's snapshot. Without it, a key
+    re-claimed (fresh ``expires_at``) while the sweeper waited was deleted, and the client's
+    retry ran its effect a second time.
+    """
     batch = (
         select(K.c.key, K.c.scope)
         .where(K.c.expires_at <= now)
         .order_by(K.c.expires_at)
         .limit(limit)
     )
-    result = await conn.execute(delete(K).where(tuple_(K.c.key, K.c.scope).in_(batch)))
+    result = await conn.execute(
+        delete(K).where(tuple_(K.c.key, K.c.scope).in_(batch), K.c.expires_at <= now)
+    )
     return int(result.rowcount)

@@ -85,6 +85,8 @@ idempotency_keys = Table(
     Column("status_code", Integer, nullable=True),
     Column("response_body", LargeBinary, nullable=True),
     Column("response_headers", JSON, nullable=True),
+    # SHA-256 over (key, scope, status, headers, body) of the stored response; NULL before 0003.
+    Column("response_checksum", String(64), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("lease_expires_at", DateTime(timezone=True), nullable=True),

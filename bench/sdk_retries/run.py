@@ -2,7 +2,9 @@
 max_attempts=3) in front of a provider that always answers 503.
 
 Counts provider calls per SDK call and the time each SDK call takes to fail, for the first
-call (breaker closed) and for the next ones. Run: ``python -m bench.sdk_retries.run``.
+call (breaker closed) and for the next ones, twice in one run: as Keel answers, and with the
+``x-should-retry`` header removed before the SDK sees it (the behaviour before Keel sent it).
+Run: ``python -m bench.sdk_retries.run``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import openai
 
 from app.main import create_app
@@ -22,7 +25,17 @@ from tests.fakes.upstream import FakeUpstream
 CALLS = 6
 
 
+def _strip_should_retry(response: httpx.Response) -> None:
+    del response.headers["x-should-retry"]
+
+
 def main() -> None:
+    for label, hooks in (("as served", []), ("x-should-retry removed", [_strip_should_retry])):
+        print(f"-- {label}")
+        run(httpx.Client(event_hooks={"response": hooks}))
+
+
+def run(http_client: httpx.Client) -> None:
     with FakeUpstream() as upstream, tempfile.TemporaryDirectory() as tmp:
         upstream.faults.down = True
         settings = Settings(
@@ -32,7 +45,9 @@ def main() -> None:
             routes={"chat": ["cloud/small"]},
         )
         with ServerThread(create_app(settings)) as keel:
-            client = openai.OpenAI(base_url=keel.url + "/v1", api_key="unused")
+            client = openai.OpenAI(
+                base_url=keel.url + "/v1", api_key="unused", http_client=http_client
+            )
             for i in range(CALLS):
                 before, started = upstream.calls, time.perf_counter()
                 try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MARKER = "UPSTREAM-SECRET-MARKER-7f3a"
+HANG_S = 60.0  # a "hung" request is held this long at most, or until the client hangs up
 
 
 @dataclass
@@ -31,7 +32,9 @@ class Faults:
     drop_after_chunks: int | None = None  # stream: abort the connection after N chunks
     chunk_delay_s: float = 0.0  # stream: gap between chunks
     chunks: int = 3  # stream: content chunks before [DONE]
-    down: bool = False  # every request gets error_status
+    down: bool = False  # every request gets error_status, GET /models included
+    hang_rate: float = 0.0  # probability of never answering (until the client hangs up)
+    drop_rate: float = 0.0  # stream: probability of aborting after the first chunk
     error_param: str | None = None  # the ``error.param`` an error body names
 
 
@@ -51,6 +54,7 @@ class FakeUpstream:
         self.requests: list[Seen] = []
         self.disconnects: list[float] = []  # monotonic times a client hung up mid-response
         self.completed = 0
+        self.hangs = 0  # requests held without an answer (hang_rate)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -123,6 +127,9 @@ class FakeUpstream:
         body = json.loads(raw) if raw else None
         self.requests.append(Seen(time.monotonic(), path, headers, body))
         f = self.faults
+        if path.endswith("/models") and method == "GET" and f.down:
+            await _send(writer, f.error_status, b'{"error": {"message": "down"}}')
+            return True
         if path.endswith("/models") and method == "GET":
             data = {
                 "object": "list",
@@ -135,6 +142,11 @@ class FakeUpstream:
             return True
         if f.reset_rate and self.rng.random() < f.reset_rate:
             writer.transport.abort()
+            return False
+        if f.hang_rate and self.rng.random() < f.hang_rate:
+            self.hangs += 1
+            if await _client_gone_within(reader, HANG_S):
+                self.disconnects.append(time.monotonic())
             return False
         if f.latency_s and await _client_gone_within(reader, f.latency_s):
             self.disconnects.append(time.monotonic())
@@ -189,8 +201,11 @@ class FakeUpstream:
         words = _answer(body).split(" ")
         pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
         pieces = (pieces * f.chunks)[: max(f.chunks, 1)]
+        drop_after = f.drop_after_chunks
+        if f.drop_rate and self.rng.random() < f.drop_rate:
+            drop_after = 1
         for i, piece in enumerate(pieces):
-            if f.drop_after_chunks is not None and i >= f.drop_after_chunks:
+            if drop_after is not None and i >= drop_after:
                 writer.transport.abort()
                 return False
             chunk = {

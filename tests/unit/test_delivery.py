@@ -28,7 +28,7 @@ def test_dockerfile_is_slim_non_root_with_healthcheck_and_volume() -> None:
     assert user
     assert user[-1] not in ("root", "0")
     assert "HEALTHCHECK" in text
-    assert "/healthz" in text
+    assert "/readyz" in text  # migrated and reachable, not merely alive
     assert re.search(r'^VOLUME \["/data"\]', text, re.M)
     assert "KEEL_DATA_DIR=/data" in text
 
@@ -37,6 +37,7 @@ def test_compose_has_named_volume_and_postgres_profile() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     assert "keel-data:/data" in services["keel"]["volumes"]
+    assert "/readyz" in " ".join(services["keel"]["healthcheck"]["test"])
     assert "keel-data" in compose["volumes"]
     assert services["postgres"]["profiles"] == ["postgres"]
     pg_keel = services["keel-pg"]

@@ -272,3 +272,15 @@ async def test_limits_are_configurable_and_named(
             "validation_error",
         )
         assert body["limit_name"] == "max_title_chars"
+
+
+async def test_ids_that_cannot_exist_never_reach_sql(client: httpx.AsyncClient) -> None:
+    cid = (await create_conversation(client))["id"]
+    for path in (
+        "/v1/conversations/x%00y",
+        f"/v1/conversations/{cid}/items/x%00y",
+        "/v1/conversations/" + "x" * 65,
+    ):
+        assert_problem(await client.get(path), 422, "validation_error")
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "conversation": "a\x00"}
+    assert_problem(await client.post("/v1/chat/completions", json=body), 422, "validation_error")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, text, update
 
 from app.store.database import Database
 from app.store.tables import conversations, messages
@@ -136,3 +136,35 @@ async def test_verify_reports_a_healthy_conversation(client: httpx.AsyncClient) 
         "missing_seqs": [],
     }
     assert metric_value((await client.get("/metrics")).text, CORRUPTION) == 0
+
+
+async def test_invalid_utf8_from_a_bit_flip_is_data_corrupted(
+    client: httpx.AsyncClient, store_db: Database, db_url: str
+) -> None:
+    """One high-bit flip in an ASCII byte makes stored text invalid UTF-8. SQLite keeps the
+    bytes as they are; PostgreSQL refuses them at write time (UTF8 server encoding)."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL never stores invalid UTF-8 in a text column")
+    cid = (await create_conversation(client))["id"]
+    sent = (await append(client, cid, "hello world", "second")).json()["messages"]
+    flipped = bytearray(b"hello world")
+    flipped[1] |= 0x80  # "e" (0x65) -> 0xE5: a lead byte with no continuation
+    async with store_db.write() as conn:
+        await conn.execute(
+            text(
+                "UPDATE messages SET content = CAST(:b AS TEXT) "
+                "WHERE conversation_id = :c AND seq = 1"
+            ),
+            {"b": bytes(flipped), "c": cid},
+        )
+
+    resp = await client.get(f"/v1/conversations/{cid}")
+    assert_problem(resp, 500, "data_corrupted")
+    assert "hello" not in resp.text
+    assert "world" not in resp.text
+    assert metric_value((await client.get("/metrics")).text, CORRUPTION) == 1
+
+    report = await client.post(f"/v1/conversations/{cid}/verify")
+    assert report.status_code == 200, report.text
+    assert report.json()["corrupted"] == [{"id": sent[0]["id"], "seq": 1}]
+    assert (await client.get("/v1/conversations")).status_code == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from email.utils import formatdate
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,7 +83,10 @@ def test_delay_honours_retry_after_without_a_deadline(
     delay = compute_delay(attempt, 0.1, 5.0, random.Random(seed), retry_after=retry_after)
     assert delay is not None
     assert delay >= (retry_after or 0.0)
-    assert delay <= max(retry_after or 0.0, backoff_ceiling(attempt, 0.1, 5.0))
+    if retry_after is None:
+        assert delay <= backoff_ceiling(attempt, 0.1, 5.0)
+    else:  # spread after the upstream's pause by up to as much again (capped)
+        assert delay <= retry_after + min(retry_after, 5.0)
 
 
 @FAST
@@ -116,5 +120,10 @@ def test_delay_is_clipped_by_the_deadline(
 def test_retry_after_longer_than_the_deadline_means_no_retry() -> None:
     rng = random.Random(1)
     assert compute_delay(0, 0.1, 5.0, rng, retry_after=10, remaining=5) is None
-    assert compute_delay(0, 0.1, 5.0, rng, retry_after=2, remaining=5) == 2
+    delay = compute_delay(0, 0.1, 5.0, rng, retry_after=2, remaining=5)
+    assert delay is not None
+    assert 2 <= delay <= 4
+    assert compute_delay(
+        0, 0.1, 5.0, rng, retry_after=2, remaining=2.06, min_attempt_s=0.05
+    ) == pytest.approx(2.01)
     assert compute_delay(0, 0.1, 5.0, rng, remaining=0.01, min_attempt_s=0.05) is None

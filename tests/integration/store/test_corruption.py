@@ -158,7 +158,7 @@ async def test_invalid_utf8_from_a_bit_flip_is_data_corrupted(
             {"b": bytes(flipped), "c": cid},
         )
 
-    resp = await client.get(f"/v1/conversations/{cid}")
+    resp = await client.get(f"/v1/conversations/{cid}/items")
     assert_problem(resp, 500, "data_corrupted")
     assert "hello" not in resp.text
     assert "world" not in resp.text

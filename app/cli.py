@@ -5,14 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from app.settings import ConfigError, Settings, load_settings, redacted_dump
+from app.settings import (
+    ConfigError,
+    Settings,
+    config_file_path,
+    load_settings,
+    redacted_dump,
+)
+from app.settings_errors import prepare_data_dir
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
+
+    from app.server import http_protocol
 
     uvicorn.run(
         "app.main:app",
@@ -21,6 +31,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        http=http_protocol(settings.header_timeout_s, settings.body_timeout_s),
         workers=None,
     )
     return 0
@@ -43,14 +54,19 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _config(settings: Settings, args: argparse.Namespace) -> int:
-    print(json.dumps(redacted_dump(settings), indent=2))
+    path = config_file_path()
+    loaded = str(path.resolve()) if path is not None else None
+    print(json.dumps({"config_file": loaded, **redacted_dump(settings)}, indent=2))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keel", description="Keel: dependable AI models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="serve the HTTP API").set_defaults(handler=_serve)
+    serve = sub.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", help="bind address (overrides KEEL_HOST)")
+    serve.add_argument("--port", type=int, help="bind port (overrides KEEL_PORT)")
+    serve.set_defaults(handler=_serve)
     sub.add_parser("migrate", help="migrate the database to head").set_defaults(handler=_migrate)
     sub.add_parser(
         "config", help="print the effective configuration, secrets redacted"
@@ -63,8 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Flags win over the environment and the file: passed on as the variables they override,
+    # so every later reader of the settings sees the same values.
+    for flag, env in (("host", "KEEL_HOST"), ("port", "KEEL_PORT")):
+        if getattr(args, flag, None) is not None:
+            os.environ[env] = str(getattr(args, flag))
     try:
         settings = load_settings()
+        if args.handler is not _config:
+            prepare_data_dir(settings.data_dir)
     except ConfigError as exc:
         print(f"keel: {exc}", file=sys.stderr)
         return 2

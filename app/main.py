@@ -18,8 +18,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import chat, conversations, diagnostics, health
+from app.api import chat, conversations, diagnostics, health, readiness
 from app.api import lifecycle as lifecycle_api
+from app.api import runtime as runtime_api
 from app.api.edge import EdgePolicy
 from app.api.middleware import KeelMiddleware
 from app.api.problems import install_error_handlers
@@ -28,6 +29,8 @@ from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
 from app.providers.registry import providers_component
+from app.readiness.component import ReadinessComponent
+from app.runtime.component import RuntimeComponent
 from app.settings import ConfigError, Settings, load_settings
 from app.store.component import store_services
 from app.store.database import Database
@@ -61,7 +64,14 @@ async def _store(state: State) -> AsyncIterator[None]:
 
 
 def default_components() -> list[Component]:
-    return [_store, store_services, LifecycleComponent(), providers_component()]
+    return [
+        _store,
+        store_services,
+        LifecycleComponent(),
+        RuntimeComponent(),
+        providers_component(),
+        ReadinessComponent(),
+    ]
 
 
 def create_app(
@@ -125,6 +135,8 @@ def create_app(
     app.include_router(conversations.router)
     app.include_router(lifecycle_api.router)
     app.include_router(diagnostics.router)
+    app.include_router(runtime_api.router)
+    app.include_router(readiness.router)
     return app
 
 

@@ -33,6 +33,8 @@ from pydantic_settings import (
 
 from app.observability.redact import redact_url
 from app.resilience.config import BreakerConfig, RetryConfig
+from app.settings_errors import ConfigError as ConfigError
+from app.settings_errors import explain, read_toml
 
 DEFAULT_CONFIG_FILE = Path("keel.toml")
 # The local runtime's provider name when keel.toml declares no provider of kind "local":
@@ -98,6 +100,9 @@ class ResilienceSettings(_Section):
     )
 
 
+ProviderCapability = Literal["llm", "embedding", "stt", "tts"]
+
+
 class ProviderSettings(_Section):
     """One upstream provider. ``retry``/``breaker`` hold overrides of ``[resilience]``."""
 
@@ -105,6 +110,10 @@ class ProviderSettings(_Section):
     base_url: str = ""
     api_key_env: str | None = None
     models: list[str] = Field(default_factory=list)
+    # What the provider's models serve, for the readiness report (DESIGN §6).
+    capabilities: list[ProviderCapability] = Field(
+        default_factory=lambda: list[ProviderCapability](["llm"]), max_length=4
+    )
     max_concurrency: int = Field(64, ge=1, le=100_000)
     max_queue_wait_s: float = Field(1.0, ge=0, le=600)
     timeout_s: float | None = Field(None, gt=0, le=3600)
@@ -118,6 +127,12 @@ class ProviderSettings(_Section):
     http_transport: Literal["httpx", "aiohttp"] = "aiohttp"
     retry: dict[str, Any] = Field(default_factory=dict)
     breaker: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _needs_base_url(self) -> ProviderSettings:
+        if self.kind == "openai" and not self.base_url.strip():
+            raise ValueError('base_url is required for kind = "openai"')
+        return self
 
     def api_key(self) -> str | None:
         """The secret itself, read at use; it is never stored in settings or printed."""
@@ -173,6 +188,17 @@ class DownloadSettings(_Section):
     )
     connect_timeout_s: float = Field(15.0, gt=0)
     reap_interval_s: float = Field(3600.0, gt=0, description="stale partial sweep period")
+
+
+class ReadinessSettings(_Section):
+    ttl_s: float = Field(5.0, gt=0, le=3600, description="how long probe results are reused")
+    refresh_interval_s: float = Field(
+        30.0, gt=0, le=86_400, description="background re-run of the probes (for /metrics)"
+    )
+    check_timeout_s: float = Field(5.0, gt=0, le=600, description="bound on each probe")
+    disk_low_bytes: int = Field(
+        1024 * 1024 * 1024, ge=0, description="free bytes under which a storage root is low"
+    )
 
 
 class RuntimeBreakerSettings(_Section):
@@ -250,6 +276,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     downloads: DownloadSettings = DownloadSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    readiness: ReadinessSettings = ReadinessSettings()
 
     @field_validator("api_token")
     @classmethod
@@ -257,6 +284,11 @@ class Settings(BaseSettings):
         if v is not None and len(v.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
         return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, v: Any) -> Any:
+        return v.strip().upper() if isinstance(v, str) else v
 
     @field_validator("allowed_hosts", "cors_origins", mode="before")
     @classmethod
@@ -355,10 +387,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class ConfigError(Exception):
-    """A setting is invalid; the message is one line naming the setting."""
-
-
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -389,17 +417,15 @@ def effective_breaker(
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build Settings, turning pydantic's report into one line per the start-up contract."""
+    """Build Settings, turning pydantic's report into one line per the start-up contract: the
+    environment variable, or the config file and TOML key, that holds the bad value."""
+    path = config_file_path()
+    written = read_toml(path) if path is not None else {}
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = "__".join(str(p) for p in first["loc"]).upper()
-        msg = first["msg"].removeprefix("Value error, ")
-        if not loc:  # a check across settings: the message names them itself
-            raise ConfigError(f"invalid configuration: {msg}") from None
-        raise ConfigError(f"invalid setting KEEL_{loc}: {msg}") from None
-    except ValueError as exc:  # malformed TOML or env JSON
+        raise ConfigError(explain(exc.errors()[0], path, written, Settings)) from None
+    except ValueError as exc:  # malformed env JSON
         raise ConfigError(f"invalid configuration: {str(exc).splitlines()[0]}") from None
 
 

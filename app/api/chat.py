@@ -31,7 +31,9 @@ from app.providers.chat_records import (
     new_user_turns,
 )
 from app.providers.chat_service import Answer, ChatService
+from app.providers.local import LocalProvider
 from app.resilience.failures import UpstreamFailure
+from app.runtime.slot import current_request_id
 from app.store.conversation_models import NewMessage
 from app.store.idempotency import Claim, StoredResponse
 from app.store.idempotency_http import idempotency_request, to_response
@@ -93,6 +95,7 @@ async def chat_completions(request: Request) -> Response:
     records: ChatRecords = state.chat_records
     metrics: Metrics = state.metrics
     request_id: str = state.request_id
+    current_request_id.set(request_id)  # lets POST /v1/requests/{id}/cancel find a local run
     payload = _parse(await request.body())
     key = await idempotency_request(request)
     x_request_timeout = request.headers.get("x-request-timeout")
@@ -236,7 +239,13 @@ async def list_models(chat: ChatDep) -> dict[str, Any]:
         _model_entry(name, [t.id for t in targets], "route")
         for name, targets in chat.router.routes.items()
     ]
-    data += [_model_entry(t.id, [t.id], "provider") for t in chat.router.direct_targets()]
+    for t in chat.router.direct_targets():
+        provider = chat.providers.get(t.provider)
+        if isinstance(provider, LocalProvider):
+            if provider.runtime.installed(t.model):  # installed local models, by their id
+                data.append(_model_entry(t.model, [t.id], "local"))
+            continue
+        data.append(_model_entry(t.id, [t.id], "provider"))
     return {"object": "list", "data": data}
 
 
@@ -246,6 +255,11 @@ async def get_model(model_id: str, chat: ChatDep) -> dict[str, Any]:
     if model_id in routes:
         return _model_entry(model_id, [t.id for t in routes[model_id]], "route")
     for t in chat.router.direct_targets():
+        if isinstance(chat.providers.get(t.provider), LocalProvider) and model_id in (
+            t.model,
+            t.id,
+        ):
+            return _model_entry(t.model, [t.id], "local")
         if t.id == model_id:
             return _model_entry(t.id, [t.id], "provider")
     raise ModelNotFound(f"No model is named '{model_id[:100]}'.")

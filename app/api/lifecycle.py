@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import DatabaseDep
+from app.api.runtime import runtime_view
 from app.api.values import StoragePath
 from app.lifecycle.component import STATE_KEY
 from app.lifecycle.manifest import Capability
@@ -57,13 +58,13 @@ class StorageRequest(BaseModel):
 
 
 @router.get("/models")
-async def list_models(lc: LifecycleDep) -> dict[str, Any]:
-    return {"data": lc.list_models()}
+async def list_models(lc: LifecycleDep, request: Request) -> dict[str, Any]:
+    return {"data": [runtime_view(request, v) for v in lc.list_models()]}
 
 
 @router.get("/models/{model_id}")
-async def get_model(model_id: str, lc: LifecycleDep) -> dict[str, Any]:
-    return lc.model_view(lc.manager.model(model_id))
+async def get_model(model_id: str, lc: LifecycleDep, request: Request) -> dict[str, Any]:
+    return runtime_view(request, lc.model_view(lc.manager.model(model_id)))
 
 
 async def _once(

@@ -137,6 +137,7 @@ class LifecycleComponent:
             else:
                 await storage.load()
                 await asyncio.to_thread(storage.default_root.mkdir, parents=True, exist_ok=True)
+                await asyncio.to_thread(storage.mark_roots)
                 manager.outcomes = await jobs.latest_finished()
                 await manager.resume_unfinished()
                 reaper = tasks.spawn(service.reap_forever(), name="lifecycle:reaper")

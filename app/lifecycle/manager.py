@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.errors import InsufficientStorage, ModelNotFound, ValidationFailed
+from app.errors import InsufficientStorage, ModelNotFound, StorageUnavailable, ValidationFailed
 from app.lifecycle.downloader import Downloader, FileProgress
 from app.lifecycle.jobs import JobRecord, JobRepository, utcnow
 from app.lifecycle.manifest import Manifest, ModelSpec
@@ -212,10 +212,10 @@ class DownloadManager:
                     record, "failed", "superseded", "Another job for this model was resumed."
                 )
                 continue
-            plan = self.plan(model)
             try:
+                plan = self.plan(model)
                 self.preflight([plan])
-            except InsufficientStorage as exc:
+            except (InsufficientStorage, StorageUnavailable) as exc:
                 await self._finish_row(record, "failed", exc.code, exc.detail)
                 continue
             record.state, record.phase, record.bytes_done = "queued", "queued", plan.on_disk
@@ -263,6 +263,16 @@ class DownloadManager:
             self.metrics.download_duration.labels(model=model.id).observe(duration)
             record.bytes_done = record.bytes_total
             await self._end(run, "succeeded", "ready", duration=duration)
+        except StorageUnavailable as exc:  # a link appeared under the root mid-download
+            await self._end(
+                run,
+                "failed",
+                "failed",
+                code=exc.code,
+                message=exc.detail,
+                retryable=False,
+                duration=time.monotonic() - started,
+            )
         except DownloadFailure as failure:
             log.warning(
                 "download failed",

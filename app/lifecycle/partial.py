@@ -18,6 +18,7 @@ from pathlib import Path
 
 from app.lifecycle.hashing import fsync_dir
 from app.lifecycle.manifest import FileSpec
+from app.lifecycle.ownership import PARTIAL_MARK
 from app.lifecycle.paths import PARTIAL_SUFFIX, SIDECAR_SUFFIX
 
 
@@ -30,6 +31,7 @@ class Sidecar:
     last_modified: str | None = None
     bytes: int = 0
     updated_at: float = 0.0
+    keel: str = PARTIAL_MARK  # the reaper deletes only partials whose sidecar says so
 
     def matches(self, spec: FileSpec) -> bool:
         return (self.url, self.sha256, self.size) == (spec.url, spec.sha256, spec.size)

@@ -21,6 +21,10 @@ class UnsafeName(ValueError):
     """A model id or file name that could escape its directory or collide with our own files."""
 
 
+class PathEscapesRoot(UnsafeName):
+    """A well-formed path that resolves outside its root (a symbolic link, a loop)."""
+
+
 def check_model_id(value: str) -> str:
     if not MODEL_ID.fullmatch(value) or ".." in value:
         raise UnsafeName(f"invalid model id {value!r}: expected [a-z0-9][a-z0-9._-]{{0,63}}")
@@ -39,11 +43,14 @@ def check_file_name(value: str) -> str:
 
 def safe_join(root: Path, *parts: str) -> Path:
     """``root / parts`` that is guaranteed to stay inside ``root`` (after resolving links)."""
-    base = root.resolve()
     for part in parts:
         if not part or part in (".", "..") or "/" in part or "\\" in part or "\x00" in part:
             raise UnsafeName(f"unsafe path component {part!r}")
-    target = base.joinpath(*parts).resolve()
+    try:
+        base = root.resolve()
+        target = base.joinpath(*parts).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop; an unreadable directory
+        raise PathEscapesRoot("path cannot be resolved inside its storage root") from exc
     if target != base and base not in target.parents:
-        raise UnsafeName("path escapes its storage root")
+        raise PathEscapesRoot("path escapes its storage root")
     return target

@@ -17,20 +17,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from app.errors import ChecksumMismatch, ModelNotReady, NotFound
+from app.errors import ChecksumMismatch, ModelNotReady, NotFound, StorageUnavailable
 from app.lifecycle.hashing import HashPool
 from app.lifecycle.jobs import JobRecord, JobRepository, percent, utcnow
 from app.lifecycle.manager import DownloadManager
 from app.lifecycle.manifest import ModelSpec
-from app.lifecycle.paths import PARTIAL_SUFFIX, SIDECAR_SUFFIX
+from app.lifecycle.ownership import reap_stale_partials
 from app.lifecycle.plan import ModelPlan
 from app.lifecycle.progress import ProgressEvent, ProgressHub
 from app.lifecycle.storage import StorageRoots
 from app.settings import DownloadSettings
 
 log = logging.getLogger("keel.lifecycle")
-
-_REAPABLE = (PARTIAL_SUFFIX, SIDECAR_SUFFIX, SIDECAR_SUFFIX + ".tmp")
 
 
 class LifecycleService:
@@ -56,7 +54,10 @@ class LifecycleService:
     # -- views ----------------------------------------------------------------------------
 
     def model_view(self, model: ModelSpec) -> dict[str, Any]:
-        plan = self.manager.plan(model)
+        try:
+            plan = self.manager.plan(model)
+        except StorageUnavailable as exc:  # this model only: the others are still listed
+            return _unavailable_view(model, exc)
         run = self.manager.running.get(model.id)
         total = model.total_bytes
         error = None
@@ -136,8 +137,13 @@ class LifecycleService:
         run = self.manager.running.get(model.id)
         if run is not None:
             return run.last_event
-        plan = self.manager.plan(model)
         total = model.total_bytes
+        try:
+            plan = self.manager.plan(model)
+        except StorageUnavailable as exc:
+            return ProgressEvent(
+                model.id, None, "failed", None, 0, total, error=_unavailable_error(exc)
+            )
         if plan.installed:
             return ProgressEvent(model.id, None, "ready", None, total, total)
         outcome = self.manager.outcomes.get(model.id)
@@ -192,8 +198,8 @@ class LifecycleService:
         return {"id": model.id, "ok": True, "files": files}
 
     async def delete(self, model: ModelSpec, *, dry_run: bool) -> dict[str, Any]:
+        plan = self.manager.plan(model)  # storage_unavailable before anything is cancelled
         if dry_run:
-            plan = self.manager.plan(model)
             return {
                 "dry_run": True,
                 "cancels_job": model.id in self.manager.running,
@@ -229,8 +235,13 @@ class LifecycleService:
         """Delete partials no running job owns once they are older than ``partial_max_age_s``;
         prune finished job rows of the same age."""
         cutoff = self.wall_clock() - self.settings.partial_max_age_s
-        owned = {self.storage.model_dir(r.model) for r in self.manager.running.values()}
-        removed = await asyncio.to_thread(_reap, self.storage.all_roots(), owned, cutoff)
+        owned: set[Path] = set()
+        for run in self.manager.running.values():
+            with contextlib.suppress(StorageUnavailable):
+                owned.add(self.storage.model_dir(run.model))
+        removed = await asyncio.to_thread(
+            reap_stale_partials, self.storage.all_roots(), owned, cutoff
+        )
         with contextlib.suppress(Exception):
             await self.jobs.prune_finished(
                 utcnow() - timedelta(seconds=self.settings.partial_max_age_s)
@@ -248,24 +259,23 @@ class LifecycleService:
             await asyncio.sleep(self.settings.reap_interval_s)
 
 
-def _reap(roots: list[Path], owned: set[Path], cutoff: float) -> int:
-    removed = 0
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for model_dir in root.iterdir():
-            if not model_dir.is_dir() or model_dir.resolve() in owned:
-                continue
-            for path in model_dir.iterdir():
-                if not path.name.endswith(_REAPABLE):
-                    continue
-                try:
-                    if path.stat().st_mtime < cutoff:
-                        path.unlink()
-                        removed += 1
-                except OSError:
-                    continue
-    return removed
+def _unavailable_error(exc: StorageUnavailable) -> dict[str, Any]:
+    return {"code": exc.code, "retryable": exc.retryable, "message": exc.detail}
+
+
+def _unavailable_view(model: ModelSpec, exc: StorageUnavailable) -> dict[str, Any]:
+    total = model.total_bytes
+    return {
+        "id": model.id,
+        "name": model.name,
+        "capability": model.capability,
+        "engine": model.engine,
+        "state": "error",
+        "size": total,
+        "files": [{"name": f.name, "size": f.size, "installed": False} for f in model.files],
+        "progress": {"bytes": 0, "total": total, "percent": 0.0},
+        "error": _unavailable_error(exc),
+    }
 
 
 def _unlink(path: Path) -> None:

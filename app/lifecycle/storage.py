@@ -2,13 +2,18 @@
 
 One shared root (default ``<data_dir>/models``) and optional per-capability overrides. A root
 is accepted only if it is an absolute directory Keel can write (``create: true`` makes a missing
-one); changing a root does not move files already installed under the old one. Model files are
-``<root>/<model id>/<file name>``, joined with ``safe_join`` so nothing escapes the root.
+one) and not a system location; Keel marks it as its own (``ownership.py``). Changing a root
+does not move files already installed under the old one. Model files are
+``<root>/<model id>/<file name>``, joined with ``safe_join`` so nothing escapes the root: a path
+that resolves elsewhere (a symbolic link) is ``storage_unavailable`` for that model only.
+
+A dry run applies the same checks as the real call, without creating or probing anything.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -19,14 +24,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 from sqlalchemy import select, update
 
-from app.errors import ValidationFailed
+from app.errors import StorageUnavailable, ValidationFailed
 from app.lifecycle.jobs import utcnow
 from app.lifecycle.manifest import CAPABILITIES, FileSpec, ModelSpec
-from app.lifecycle.paths import safe_join
+from app.lifecycle.ownership import is_system_location, mark_root
+from app.lifecycle.paths import PathEscapesRoot, safe_join
 from app.store.database import Database
 from app.store.tables import settings_kv
 
 SETTINGS_KEY = "lifecycle.storage"
+log = logging.getLogger("keel.lifecycle")
 
 FreeSpace = Callable[[Path], int]
 
@@ -78,6 +85,15 @@ class StorageRoots:
         if row is not None:
             self.config = StorageConfig.model_validate(row.value)
 
+    def mark_roots(self) -> None:
+        """Mark every root that exists as Keel's (roots accepted before roots were marked)."""
+        for root in self.all_roots():
+            if root.is_dir() and not is_system_location(root):
+                try:
+                    mark_root(root)
+                except OSError:
+                    log.warning("could not mark a storage root", extra={"root": str(root)})
+
     def root(self, capability: str | None = None) -> Path:
         override = self.config.overrides.get(capability) if capability else None
         if override:
@@ -92,10 +108,16 @@ class StorageRoots:
         return seen
 
     def model_dir(self, model: ModelSpec) -> Path:
-        return safe_join(self.root(model.capability), model.id)
+        try:
+            return safe_join(self.root(model.capability), model.id)
+        except PathEscapesRoot:
+            raise _escaped(model) from None
 
     def file_path(self, model: ModelSpec, spec: FileSpec) -> Path:
-        return safe_join(self.root(model.capability), model.id, spec.name)
+        try:
+            return safe_join(self.root(model.capability), model.id, spec.name)
+        except PathEscapesRoot:
+            raise _escaped(model) from None
 
     def describe(self) -> dict[str, Any]:
         roots = []
@@ -130,7 +152,7 @@ class StorageRoots:
             checks.append(("root", new.root))
         checks += [(f"overrides.{cap}", path) for cap, path in new.overrides.items()]
         for field, raw in checks:
-            check_root(field, raw, create=create and not dry_run, dry_run=dry_run)
+            check_root(field, raw, create=create, dry_run=dry_run)
         normalised = StorageConfig(
             root=str(Path(new.root)) if new.root else None,
             overrides={cap: str(Path(p)) for cap, p in new.overrides.items()},
@@ -152,26 +174,44 @@ class StorageRoots:
 
 
 def check_root(field: str, raw: str, *, create: bool, dry_run: bool = False) -> None:
-    """Refuse a root that is relative, missing (unless created) or not writable.
+    """Refuse a root that is relative, a system location, missing (unless created) or not
+    writable; mark an accepted one. A dry run refuses exactly what the real call refuses.
 
     Problem details name the field, never the path (DESIGN §4); the caller knows what it sent.
     """
     path = Path(raw)
     if not path.is_absolute() or "\x00" in raw:
         raise _invalid(field, "must be an absolute path")
-    if path.exists() and not path.is_dir():
+    if is_system_location(path):
+        raise _invalid(field, "is a system location; give Keel a directory of its own")
+    try:
+        exists = path.exists()
+    except OSError:  # e.g. a component that is a file: /etc/passwd/x
+        exists = False
+    if exists and not path.is_dir():
         raise _invalid(field, "exists and is not a directory")
-    if not path.exists():
-        if dry_run:
-            return
+    if not exists:
         if not create:
             raise _invalid(field, 'does not exist; send "create": true to create it')
+        parent = existing_ancestor(path)
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise _invalid(field, "could not be created")
+        if dry_run:
+            return
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError:
             raise _invalid(field, "could not be created") from None
-    if not dry_run and not is_writable(path):
+    if dry_run:
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise _invalid(field, "is not writable by Keel")
+        return
+    if not is_writable(path):
         raise _invalid(field, "is not writable by Keel")
+    try:
+        mark_root(path)
+    except OSError:
+        raise _invalid(field, "is not writable by Keel") from None
 
 
 def is_writable(path: Path) -> bool:
@@ -183,6 +223,14 @@ def is_writable(path: Path) -> bool:
     with contextlib.suppress(OSError):
         os.unlink(name)
     return True
+
+
+def _escaped(model: ModelSpec) -> StorageUnavailable:
+    return StorageUnavailable(
+        "This model's folder or files resolve outside their storage root (a symbolic link?); "
+        "remove the link or move the files into the root.",
+        extra={"model": model.id},
+    )
 
 
 def _invalid(field: str, why: str) -> ValidationFailed:

@@ -201,6 +201,26 @@ class Metrics:
             "keel_download_jobs", "Download jobs by state", ["state"], registry=r
         )
 
+        # Readiness (refreshed by every report and the background probes)
+        self.readiness_status = Gauge(
+            "keel_readiness_status",
+            "1 for each capability's current readiness status, 0 for the others",
+            ["capability", "status"],
+            registry=r,
+        )
+        self.readiness_reasons = Gauge(
+            "keel_readiness_reasons",
+            "Reasons a capability is degraded or unavailable, by reason code",
+            ["capability", "reason"],
+            registry=r,
+        )
+        self.storage_free_bytes = Gauge(
+            "keel_storage_free_bytes",
+            "Free bytes on the disk of each capability's storage root",
+            ["capability"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -55,6 +55,14 @@ class OpenAIHTTPProvider:
         key = settings.api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        elif settings.api_key_env:
+            # Not fatal: a local endpoint may not need it. /v1/readiness names it as well.
+            log.warning(
+                "provider %s: environment variable %s is not set; calls go without a key",
+                name,
+                settings.api_key_env,
+                extra={"provider": name, "env": settings.api_key_env},
+            )
         self._client = httpx.AsyncClient(
             base_url=settings.base_url.rstrip("/") + "/",
             headers=headers,

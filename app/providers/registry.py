@@ -10,9 +10,12 @@ from app.chat.resilience import build_guard
 from app.providers.base import Provider
 from app.providers.chat_records import ChatRecords
 from app.providers.chat_service import ChatService
+from app.providers.local import LocalProvider, local_provider_settings
 from app.providers.openai_http import OpenAIHTTPProvider
 from app.providers.router import ModelRouter
 from app.resilience.guard import ProviderGuard
+from app.runtime.component import STATE_KEY as RUNTIME
+from app.runtime.manager import RuntimeManager
 from app.settings import Settings
 
 
@@ -25,7 +28,7 @@ def providers_component() -> Callable[[dict[str, Any]], Any]:
         try:
             for name, cfg in settings.providers.items():
                 if cfg.kind != "openai":
-                    continue  # local models join through the runtime (later issue)
+                    continue  # the local runtime joins below
                 http = OpenAIHTTPProvider(name, cfg)
                 providers[name] = http
                 guards[name] = build_guard(
@@ -35,6 +38,17 @@ def providers_component() -> Callable[[dict[str, Any]], Any]:
                     metrics=state["metrics"],
                     timeline=state["timeline"],
                     prober=http.probe,
+                )
+            runtime: RuntimeManager | None = state.get(RUNTIME)
+            if runtime is not None:
+                name, cfg = local_provider_settings(settings)
+                providers[name] = LocalProvider(name, runtime, cfg.models or None)
+                guards[name] = build_guard(
+                    name,
+                    cfg,
+                    settings.resilience,
+                    metrics=state["metrics"],
+                    timeline=state["timeline"],
                 )
             router = ModelRouter(
                 settings.routes, {n: p.model_names() for n, p in providers.items()}

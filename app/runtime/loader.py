@@ -85,8 +85,9 @@ class Loader:
             need = estimate_bytes(sum(p.stat().st_size for p, _ in files), m.settings.n_ctx)
             await self._make_room(slot, need, ticket)
             worker = await self._spawn_and_load(slot, ticket)
-        except KeelError:
-            self._phase(slot, "failed")
+        except KeelError as exc:
+            error = {"code": exc.code, "retryable": exc.retryable, "message": exc.detail}
+            self._phase(slot, "failed", error=error)
             raise
         except asyncio.CancelledError:
             slot.machine.load_abandoned(ticket, "load cancelled")

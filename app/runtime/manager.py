@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,7 @@ class RuntimeManager:
         request: dict[str, Any],
         *,
         keep_alive_s: float | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Load if needed, wait for the model's slot, then stream the worker's messages."""
         slot, _ = await self.load(model_id)
         if slot.waiting >= MAX_WAITERS:
@@ -204,15 +204,19 @@ class RuntimeManager:
             handle = Generation(current_request_id.get(), uuid.uuid4().hex[:16], worker)
             slot.active = handle
             tokens = 0
+            stream = worker.generate(
+                handle.gen_id, request, token_stall_s=self.settings.token_stall_s
+            )
             try:
-                async for msg in worker.generate(
-                    handle.gen_id, request, token_stall_s=self.settings.token_stall_s
-                ):
-                    if msg.get("ev") == "token":
-                        tokens += 1
-                    elif handle.cancel_reason is not None:
-                        msg = {**msg, "cancelled": handle.cancel_reason}
-                    yield msg
+                # aclosing: leaving early (client gone, deadline) must cancel in the worker
+                # now, not whenever the generator is collected.
+                async with contextlib.aclosing(stream):
+                    async for msg in stream:
+                        if msg.get("ev") == "token":
+                            tokens += 1
+                        elif handle.cancel_reason is not None:
+                            msg = {**msg, "cancelled": handle.cancel_reason}
+                        yield msg
             except WorkerError as exc:
                 if exc.code == "token_stall":
                     log.warning(

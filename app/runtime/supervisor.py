@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 from app.runtime.protocol import MAX_LINE_BYTES, decode, encode
@@ -157,7 +157,7 @@ class WorkerProcess:
 
     async def generate(
         self, gen_id: str, request: dict[str, Any], *, token_stall_s: float
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield ``token`` messages, then the final ``done``. Closing the iterator early
         cancels the generation and waits until the worker is idle again (or kills it)."""
         self.send({"op": "generate", "id": gen_id, **request})

@@ -4,7 +4,7 @@
 
     load: "ok" | "hang" | "crash" | "fail" | "slow"   (slow: progress every 50 ms for load_s)
     load_s: seconds a slow load takes (default 0.5)
-    tokens: tokens per generation (default 5); token_delay_s: gap between tokens (0.01)
+    tokens: tokens per generation (default 5; max_tokens lowers it); token_delay_s: gap (0.01)
     crash_after: exit 9 after this many tokens      stall_after: go silent after this many
     ignore_cancel: keep generating after a cancel    rss_bytes: reported after load
     exit_on_eof: false ignores stdin EOF and shutdown (the supervisor must then signal it)
@@ -73,6 +73,9 @@ def load() -> None:
 def generate(msg: dict[str, Any]) -> None:
     gen_id = msg["id"]
     n = int(script.get("tokens", 5))
+    limit = (msg.get("params") or {}).get("max_tokens")
+    if limit is not None:
+        n = min(n, int(limit))
     delay = float(script.get("token_delay_s", 0.01))
     for i in range(n):
         if gen_id in cancelled and not script.get("ignore_cancel"):

@@ -73,6 +73,12 @@ class FakeUpstream:
             self.port = self._server.sockets[0].getsockname()[1]
             started.set()
             loop.run_forever()
+            # Handlers still holding a hung request: cancel them so none is left pending.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending))
             self._server.close()
             loop.run_until_complete(self._server.wait_closed())
             loop.close()

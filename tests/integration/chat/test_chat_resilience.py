@@ -110,14 +110,15 @@ def test_outage_opens_breaker_fails_fast_then_recovers(
         assert calls_during_outage <= 15
         fast.sort()
         assert fast[int(len(fast) * 0.99) - 1] < 0.020, fast[-5:]
-        diag = c.get("/v1/diagnostics").json()
-        assert diag["breakers"]["cloud"]["state"] == "open"
+        diag = c.get("/v1/diagnostics", params={"subject": "provider:cloud"}).json()
+        assert diag["providers"][0]["breaker"]["state"] == "open"
 
         upstream.faults.down = False
         time.sleep(0.6)  # the breaker's open_s in real time: this test runs a real server
         resp = c.post("/v1/chat/completions", json=chat_body())
         assert resp.status_code == 200, resp.text
-        assert c.get("/v1/diagnostics").json()["breakers"]["cloud"]["state"] == "closed"
+        diag = c.get("/v1/diagnostics", params={"subject": "provider:cloud"}).json()
+        assert diag["providers"][0]["breaker"]["state"] == "closed"
         transitions = [
             (t["from"], t["to"])
             for t in c.get("/v1/diagnostics").json()["transitions"]

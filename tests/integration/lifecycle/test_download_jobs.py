@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 
 from sqlalchemy import func, select
 
+from app.lifecycle.ownership import PARTIAL_MARK, ROOT_MARKER
 from app.store.database import Database
 from app.store.tables import download_jobs
 from tests.conftest import asgi_client
@@ -149,8 +151,9 @@ async def test_stale_partials_without_a_job_are_reaped_by_age(harness: Harness) 
     old = folder / "tiny.bin.partial"
     old_sidecar = folder / "tiny.bin.partial.json"
     fresh = folder / "other.bin.partial"
-    for path in (old, old_sidecar, fresh):
+    for path in (old, fresh):
         path.write_bytes(b"x")
+    old_sidecar.write_text(json.dumps({"keel": PARTIAL_MARK}))  # Keel's mark (ownership.py)
     ancient = time.time() - 3600
     os.utime(old, (ancient, ancient))
     os.utime(old_sidecar, (ancient, ancient))
@@ -169,7 +172,7 @@ async def test_dry_run_plans_and_changes_nothing(harness: Harness) -> None:
     before = sorted(
         p.relative_to(harness.data_dir)
         for p in harness.data_dir.rglob("*")
-        if "keel.db" not in p.name
+        if "keel.db" not in p.name and p.name != ROOT_MARKER  # the marker comes at start-up
     )
     app = harness.app(free_space=lambda path: 10**9)
     async with asgi_client(app) as client:
@@ -191,7 +194,7 @@ async def test_dry_run_plans_and_changes_nothing(harness: Harness) -> None:
     after = sorted(
         p.relative_to(harness.data_dir)
         for p in harness.data_dir.rglob("*")
-        if "keel.db" not in p.name
+        if "keel.db" not in p.name and p.name != ROOT_MARKER  # the marker comes at start-up
     )
     assert after == before
     assert harness.server.requests == []

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from app.lifecycle.manifest import ManifestError
+from app.lifecycle.ownership import ROOT_MARKER
 from tests.conftest import asgi_client
 from tests.fakes.servers import ServerThread
 from tests.integration.lifecycle.conftest import Harness, payload, wait_state
@@ -40,10 +41,10 @@ async def test_sse_progress_reaches_ready_with_percent_100(harness: Harness) -> 
         async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
             resp = await client.post("/v1/lifecycle/models/tiny/download")
             assert resp.status_code == 202
-            jobs = (await client.get("/v1/diagnostics")).json()["jobs"]
+            jobs = (await client.get("/v1/diagnostics")).json()["downloads"]
             assert [(j["kind"], j["model"]) for j in jobs] == [("download", "tiny")]
             await _events(client, "tiny", events, first=harness.server.open_gate)
-            assert (await client.get("/v1/diagnostics")).json()["jobs"] == []
+            assert (await client.get("/v1/diagnostics")).json()["downloads"] == []
     phases = [e["phase"] for e in events]
     assert phases[0] in ("queued", "downloading")
     assert "downloading" in phases
@@ -112,7 +113,8 @@ async def test_unsafe_model_ids_are_rejected(harness: Harness, bad: str) -> None
         )
         assert bundle.status_code == 422 or bundle.json()["code"] == "model_not_found"
     assert harness.server.requests == []
-    assert sorted(p.name for p in (harness.data_dir / "models").iterdir()) == []
+    # Only the root's own marker (written at start-up) is there.
+    assert sorted(p.name for p in (harness.data_dir / "models").iterdir()) == [ROOT_MARKER]
 
 
 @pytest.mark.parametrize(

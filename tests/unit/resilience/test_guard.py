@@ -111,6 +111,7 @@ def test_a_bad_retry_override_names_the_setting() -> None:
 
 def test_from_settings_applies_provider_overrides() -> None:
     provider = ProviderSettings(
+        base_url="http://127.0.0.1:9/v1",
         max_concurrency=3,
         max_queue_wait_s=0.5,
         retry={"max_attempts": 2},
@@ -123,7 +124,11 @@ def test_from_settings_applies_provider_overrides() -> None:
     assert guard.limiter.max_concurrency == 3
     assert guard.limiter.max_queue_wait_s == 0.5
     with pytest.raises(ConfigError):
-        guard_config("p", ProviderSettings(breaker={"min_calls": -1}), ResilienceSettings())
+        guard_config(
+            "p",
+            ProviderSettings(base_url="http://127.0.0.1:9/v1", breaker={"min_calls": -1}),
+            ResilienceSettings(),
+        )
 
 
 # -- calls --------------------------------------------------------------------------------

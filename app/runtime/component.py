@@ -1,0 +1,92 @@
+"""The runtime's lifespan component: builds the ``RuntimeManager`` over the lifecycle's manifest
+and storage, runs the keep-alive sweeper, and on the way out cancels generations and stops
+every worker (``shutdown``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from app.lifecycle.component import STATE_KEY as LIFECYCLE
+from app.lifecycle.manifest import ModelSpec
+from app.lifecycle.progress import ProgressEvent
+from app.lifecycle.service import LifecycleService
+from app.readiness.component import RUNTIME_VIEW_KEY
+from app.readiness.runtime_view import RuntimeModel
+from app.runtime.manager import RuntimeManager
+from app.settings import Settings
+
+log = logging.getLogger("keel.runtime")
+
+STATE_KEY = "runtime"
+
+
+class ReadinessView:
+    """The manager's snapshot as the read-only window readiness and diagnostics use."""
+
+    def __init__(self, manager: RuntimeManager) -> None:
+        self._manager = manager
+
+    def runtime_models(self) -> Sequence[RuntimeModel]:
+        out = []
+        for m in self._manager.snapshot():
+            breaker = m["breaker"]
+            out.append(
+                RuntimeModel(
+                    model=m["id"],
+                    state=m["state"],
+                    pid=m["pid"],
+                    rss_bytes=m["rss_bytes"],
+                    keep_alive_left_s=m["keep_alive_left_s"],
+                    breaker_state=breaker["state"],
+                    seconds_until_retry=breaker["seconds_until_half_open"],
+                    stderr_tail=m["stderr_tail"],
+                )
+            )
+        return out
+
+
+class RuntimeComponent:
+    """``argv`` replaces the worker command (tests run the fake worker through it)."""
+
+    def __init__(self, argv: Sequence[str] | None = None) -> None:
+        self.argv = argv
+
+    @asynccontextmanager
+    async def __call__(self, state: dict[str, Any]) -> AsyncIterator[None]:
+        settings: Settings = state["settings"]
+        lc: LifecycleService = state[LIFECYCLE]
+
+        def locate(spec: ModelSpec) -> list[tuple[Path, str]] | None:
+            plan = lc.manager.plan(spec)
+            if not plan.installed or spec.id in lc.manager.running:
+                return None
+            return [(f.path, s.sha256) for f, s in zip(plan.files, spec.files, strict=True)]
+
+        def on_phase(model_id: str, phase: str, details: dict[str, Any]) -> None:
+            spec = lc.manager.manifest.get(model_id)
+            total = spec.total_bytes if spec is not None else 0
+            error = details.get("error")
+            lc.hub.publish(ProgressEvent(model_id, None, phase, None, total, total, error=error))
+
+        manager = RuntimeManager(
+            list(lc.manager.manifest),
+            settings.runtime,
+            locate=locate,
+            stamps_dir=settings.data_dir / "runtime" / "stamps",
+            metrics=state["metrics"],
+            timeline=state["timeline"],
+            argv=self.argv,
+            on_phase=on_phase,
+        )
+        state[STATE_KEY] = manager
+        state[RUNTIME_VIEW_KEY] = ReadinessView(manager)
+        sweeper = state["tasks"].spawn(manager.sweep_forever(), name="runtime:keep-alive")
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await manager.shutdown()

@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import chat, conversations, diagnostics, health, readiness
+from app.api import chat, conversations, diagnostics, health, readiness, ui
 from app.api import lifecycle as lifecycle_api
 from app.api import runtime as runtime_api
 from app.api.edge import EdgePolicy
@@ -137,6 +137,7 @@ def create_app(
     app.include_router(diagnostics.router)
     app.include_router(runtime_api.router)
     app.include_router(readiness.router)
+    app.include_router(ui.router)
     return app
 
 

@@ -79,11 +79,25 @@ def _answer_headers(answer: Answer) -> dict[str, str]:
 
 @router.post(
     "/v1/chat/completions",
+    summary="Create a chat completion",
+    description="OpenAI-compatible chat completion, routed to the model's targets with "
+    "retries and fallbacks. With `stream: true` the answer is server-sent events ending "
+    "`data: [DONE]`; a failure after the first event ends the stream with an `error` event. "
+    "Extensions: body `conversation_id`, headers `Idempotency-Key` and `X-Request-Timeout`.",
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
-        }
+        },
+        "responses": {
+            "200": {
+                "description": "The completion (JSON), or its events (`stream: true`)",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+            }
+        },
     },
 )
 async def chat_completions(request: Request) -> Response:
@@ -106,7 +120,9 @@ async def chat_completions(request: Request) -> Response:
             )
     targets = chat.router.resolve(payload.model)
     # Forward what the client sent, minus Keel's own extension fields.
-    body: dict[str, Any] = payload.model_dump(exclude_unset=True, exclude={"conversation_id"})
+    body: dict[str, Any] = payload.model_dump(
+        exclude_unset=True, exclude={"conversation_id", "conversation"}
+    )
     cid = payload.conversation_id
     turns = new_user_turns(body["messages"]) if cid else []
     if cid:

@@ -24,15 +24,16 @@ _IN_BAND_DEFAULT = 502
 _ERROR_KEY = b'"error"'
 
 
-def completion_failure(content: bytes) -> UpstreamFailure | None:
-    """None when ``content`` is a chat completion (a JSON object with a ``choices`` list)."""
+def completion_failure(content: bytes, expected: str = "choices") -> UpstreamFailure | None:
+    """None when ``content`` is the expected answer: a JSON object whose ``expected`` member
+    is a list (``choices`` for chat and text completions, ``data`` for embeddings)."""
     try:
         body = json.loads(content)
     except (ValueError, UnicodeDecodeError):
         return UpstreamFailure(BAD_RESPONSE, status_code=_IN_BAND_DEFAULT)
     if isinstance(body, dict) and body.get("error"):
         return _in_band(body["error"], BAD_RESPONSE, committed=False)
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+    if not isinstance(body, dict) or not isinstance(body.get(expected), list):
         return UpstreamFailure(BAD_RESPONSE, status_code=_IN_BAND_DEFAULT)
     return None
 

@@ -17,7 +17,8 @@ from app.readiness.runtime_view import ModelRuntimeView
 from app.readiness.service import ReadinessService
 
 STATE_KEY = "readiness"
-RUNTIME_VIEW_KEY = "runtime_view"  # a ModelRuntimeView, when a runtime is attached
+# A ModelRuntimeView, put there by the runtime component (app/runtime/component.py).
+RUNTIME_VIEW_KEY = "runtime_view"
 
 
 class ReadinessComponent:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from app.observability.timeline import Timeline
-from app.readiness.runtime_view import ModelRuntimeView, runtime_model_json
+from app.readiness.runtime_view import RUNTIME_STATES, ModelRuntimeView, runtime_model_json
 from app.readiness.service import GuardView
 
 SUBJECT_PATTERN = r"^([a-z_]{1,32}:)?[A-Za-z0-9._-]{1,128}$"
@@ -56,7 +56,12 @@ def diagnostics(
     models = []
     if runtime is not None:
         hidden = list(secrets)
-        models = [runtime_model_json(m, hidden) for m in runtime.runtime_models()]
+        # Only models with a worker or a failure: an installed, idle model has nothing to show.
+        models = [
+            runtime_model_json(m, hidden)
+            for m in runtime.runtime_models()
+            if m.state in RUNTIME_STATES
+        ]
     downloads = [{"subject": f"download:{j['model']}", **j} for j in (running_jobs or list)()]
     transitions = [t.as_json() for t in timeline.last() if matches(t.subject, subject)]
     return {

@@ -147,3 +147,20 @@ async def test_retry_after_is_capped_by_keels_limit(header: str, expected: float
         await provider.complete({"messages": []}, "m", _deadline())
     assert caught.value.retry_after == expected
     await provider.aclose()
+
+
+@respx.mock
+async def test_embeddings_are_checked_for_their_own_shape() -> None:
+    respx.post(f"{BASE}/embeddings").mock(
+        side_effect=[
+            httpx.Response(200, content=b'{"object":"list","data":[]}'),
+            httpx.Response(200, content=b"<html>not json</html>"),
+        ]
+    )
+    provider = _provider()
+    done = await provider.relay("embeddings", {"input": "x"}, "m", _deadline())
+    assert done.body == b'{"object":"list","data":[]}'
+    with pytest.raises(UpstreamFailure) as caught:
+        await provider.relay("embeddings", {"input": "x"}, "m", _deadline())
+    assert caught.value.reason == "bad_response"
+    await provider.aclose()

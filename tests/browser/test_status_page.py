@@ -1,0 +1,156 @@
+"""``/ui`` in a real headless Chromium: readiness, live download progress, a breaker opening,
+the copied report, the token prompt, and a 360 px wide screen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.browser.conftest import console_errors
+from tests.fakes.servers import ServerThread
+from tests.integration.readiness.conftest import TOKEN, Setup, chat
+
+pytestmark = pytest.mark.browser
+
+WAIT_S = 30
+
+
+def wait(driver: WebDriver, condition: Any, timeout: float = WAIT_S) -> Any:
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    except TimeoutException:
+        logs = driver.get_log("browser")  # type: ignore[no-untyped-call]
+        raise AssertionError(f"timed out; browser console: {logs}") from None
+
+
+def attr(driver: WebDriver, css: str, name: str) -> str | None:
+    """Read in one script call: the page re-renders, so element handles go stale."""
+    value: str | None = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e && e.getAttribute(arguments[1]);",
+        css,
+        name,
+    )
+    return value
+
+
+def text(driver: WebDriver, css: str) -> str:
+    value: str = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", css
+    )
+    return value
+
+
+def click(driver: WebDriver, css: str) -> None:
+    """A real click, retried when a re-render replaced the element in between."""
+
+    def clicked(d: WebDriver) -> bool:
+        d.find_element(By.CSS_SELECTOR, css).click()
+        return True
+
+    WebDriverWait(
+        driver, WAIT_S, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+    ).until(clicked)
+
+
+def test_status_page_download_breaker_and_report(browser: WebDriver, setup: Setup) -> None:
+    setup.model("gemma-mini", "llm", "llama_cpp", size=1024 * 1024)
+    setup.server.faults.throttle_bps = 2 * 1024 * 1024  # long enough to watch it move
+    settings = setup.settings()
+    with ServerThread(setup.app(settings)) as keel:
+        page = httpx.get(f"{keel.url}/ui")
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'none'" in csp
+        assert "script-src 'sha256-" in csp
+        assert "unsafe-inline" not in csp
+        assert "connect-src 'self'" in csp
+
+        browser.get(f"{keel.url}/ui")
+        wait(browser, lambda d: attr(d, "#cap-llm", "data-status") == "degraded")
+        assert "model_absent" in text(browser, "#cap-llm")
+        assert attr(browser, "#model-gemma-mini", "data-state") == "absent"
+
+        # A download started from the page, followed live to 100 %.
+        click(browser, '#model-gemma-mini [data-action="download"]')
+        seen: list[float] = []
+
+        def reached_100(d: WebDriver) -> bool:
+            value = attr(d, "#model-gemma-mini .ptext", "data-percent")
+            if value is not None and (not seen or seen[-1] != float(value)):
+                seen.append(float(value))
+            return value == "100.0"
+
+        wait(browser, reached_100)
+        assert any(0 < p < 100 for p in seen), seen  # progress was shown on the way
+        assert "100.0%" in text(browser, "#model-gemma-mini .ptext")
+        wait(browser, lambda d: attr(d, "#model-gemma-mini", "data-state") == "installed")
+        wait(browser, lambda d: attr(d, "#cap-llm", "data-status") == "available")
+
+        # An outage of the provider opens its breaker; the page shows it with a countdown.
+        assert attr(browser, "#breaker-cloud", "data-state") == "closed"
+        setup.upstream.faults.down = True
+        with httpx.Client(base_url=keel.url, timeout=10) as client:
+            for _ in range(3):
+                client.post("/v1/chat/completions", json=chat())
+        wait(browser, lambda d: attr(d, "#breaker-cloud", "data-state") == "open")
+        countdown = text(browser, "#breaker-cloud .countdown")
+        assert countdown.endswith(" s")
+        wait(browser, lambda d: "breaker:cloud" in text(d, "#timeline"))
+        wait(browser, lambda d: attr(d, "#cap-llm", "data-status") == "degraded")
+
+        # "Copy report" puts the text report where the page says it did.
+        click(browser, "#copy-report")
+        wait(browser, lambda d: attr(d, "#copied-report", "data-copied-at") is not None)
+        copied = browser.execute_script("return document.getElementById('copied-report').value")
+        assert isinstance(copied, str)
+        served = httpx.get(f"{keel.url}/v1/readiness", params={"format": "text"}).text
+        report = httpx.get(f"{keel.url}/v1/readiness").json()
+    assert copied.startswith("Keel readiness report\n")
+    drop_time = [line for line in served.splitlines() if not line.startswith("generated")]
+    assert [line for line in copied.splitlines() if not line.startswith("generated")][:8] == (
+        drop_time[:8]
+    )
+    for check in report["checks"]:
+        assert f"] {check['name']} " in copied
+    assert "provider_circuit_open" in copied
+    assert console_errors(browser) == []
+
+
+def test_token_is_asked_for_and_kept_out_of_the_url(browser: WebDriver, setup: Setup) -> None:
+    settings = setup.settings(api_token=TOKEN)
+    with ServerThread(setup.app(settings)) as keel:
+        browser.get(f"{keel.url}/ui")
+        form = wait(browser, lambda d: d.find_element(By.ID, "auth"))
+        assert form.is_displayed()
+        assert not browser.find_element(By.ID, "app").is_displayed()
+        field = browser.find_element(By.ID, "token")
+        assert field.get_attribute("type") == "password"
+        field.send_keys(TOKEN)
+        click(browser, '#auth button[type="submit"]')
+        wait(browser, lambda d: attr(d, "#cap-llm", "data-status") is not None)
+        assert TOKEN not in browser.current_url
+        assert browser.current_url == f"{keel.url}/ui"
+        assert TOKEN not in browser.page_source
+    assert console_errors(browser) == []
+
+
+def test_usable_at_360_px(browser: WebDriver, setup: Setup) -> None:
+    setup.model("a-model-with-a-rather-long-identifier-0123456789", "llm", "llama_cpp")
+    with ServerThread(setup.app()) as keel:
+        browser.set_window_size(360, 780)
+        browser.get(f"{keel.url}/ui")
+        wait(browser, lambda d: attr(d, "#cap-llm", "data-status") is not None)
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#breaker-cloud"))
+        inner, scroll = browser.execute_script(
+            "return [window.innerWidth, document.documentElement.scrollWidth]"
+        )
+        assert scroll <= inner, (scroll, inner)  # nothing forces a sideways scroll
+        button = browser.find_element(By.CSS_SELECTOR, '[data-action="download"]')
+        assert button.is_displayed()
+        assert button.rect["x"] + button.rect["width"] <= inner
+    assert console_errors(browser) == []

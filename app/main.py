@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import chat, conversations, diagnostics, health, readiness, ui
+from app.api import chat, conversations, diagnostics, health, readiness, relay, ui
 from app.api import lifecycle as lifecycle_api
 from app.api import runtime as runtime_api
 from app.api.edge import EdgePolicy
@@ -133,6 +133,7 @@ def create_app(
         edge=EdgePolicy(settings.effective_allowed_hosts, settings.cors_origins),
     )
     app.include_router(chat.router)
+    app.include_router(relay.router)
     app.include_router(health.router)
     app.include_router(conversations.router)
     app.include_router(lifecycle_api.router)

@@ -32,10 +32,11 @@ from app.providers.chat_records import (
 )
 from app.providers.chat_service import Answer, ChatService
 from app.providers.local import LocalProvider
+from app.providers.router import Target
 from app.resilience.failures import UpstreamFailure
 from app.runtime.slot import current_request_id
 from app.store.conversation_models import NewMessage
-from app.store.idempotency import Claim, StoredResponse
+from app.store.idempotency import Claim, IdempotencyRequest, StoredResponse
 from app.store.idempotency_http import idempotency_request, to_response
 
 router = APIRouter(tags=["chat"])
@@ -107,12 +108,10 @@ async def chat_completions(request: Request) -> Response:
     state = request.state
     chat: ChatService = state.chat
     records: ChatRecords = state.chat_records
-    metrics: Metrics = state.metrics
     request_id: str = state.request_id
     current_request_id.set(request_id)  # lets POST /v1/requests/{id}/cancel find a local run
     payload = _parse(await request.body())
     key = await idempotency_request(request)
-    x_request_timeout = request.headers.get("x-request-timeout")
     for i, message in enumerate(payload.messages):
         if content_chars(message) > MAX_CONTENT_CHARS:
             raise PayloadTooLarge(
@@ -120,7 +119,6 @@ async def chat_completions(request: Request) -> Response:
                 extra={"limit": MAX_CONTENT_CHARS, "field": f"body.messages.{i}.content"},
             )
     targets = chat.router.resolve(payload.model)
-    deadline = chat.deadline_for(targets, _timeout_header(x_request_timeout))
     # Forward what the client sent, minus Keel's own extension fields.
     body: dict[str, Any] = payload.model_dump(
         exclude_unset=True, exclude={"conversation_id", "conversation"}
@@ -129,7 +127,32 @@ async def chat_completions(request: Request) -> Response:
     turns = new_user_turns(body["messages"]) if cid else []
     if cid:
         await records.check_conversation(cid)
+    return await answer_and_render(
+        request, body, targets, key, stream=payload.stream, cid=cid, turns=turns
+    )
 
+
+async def answer_and_render(
+    request: Request,
+    body: dict[str, Any],
+    targets: list[Target],
+    key: IdempotencyRequest | None,
+    *,
+    stream: bool,
+    cid: str | None = None,
+    turns: list[NewMessage] | None = None,
+    path: str | None = None,
+) -> Response:
+    """From a parsed request to its response: deadline, idempotency claim, the answer under
+    the guard, what the turn leaves behind. Chat and the relayed endpoints (``path``:
+    ``embeddings``, ``completions``) share it."""
+    state = request.state
+    chat: ChatService = state.chat
+    records: ChatRecords = state.chat_records
+    metrics: Metrics = state.metrics
+    request_id: str = state.request_id
+    turns = turns or []
+    deadline = chat.deadline_for(targets, _timeout_header(request.headers.get("x-request-timeout")))
     claim: Claim | None = None
     if key is not None:
         got = await records.idempotency.begin(key)
@@ -140,9 +163,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         answer = await until_disconnect(
             request.receive,
-            lambda: (chat.open_stream if payload.stream else chat.complete)(
-                body, targets, deadline
-            ),
+            lambda: (chat.open_stream if stream else chat.complete)(body, targets, deadline, path),
         )
     except ClientDisconnected:
         await records.abandon(claim)

@@ -21,5 +21,5 @@ def test_readme_conversations_example_runs(live_server: ServerThread) -> None:
     code = example.replace("http://localhost:8080/v1", live_server.url + "/v1")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - our own README
+        exec(compile(code, "README.md", "exec"), {})  # our own README, run as printed
     assert out.getvalue().splitlines() == ["user hi", "assistant hello"]

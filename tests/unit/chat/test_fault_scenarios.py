@@ -163,10 +163,7 @@ async def test_a_hedge_is_paid_from_the_retry_budget(
     await sim.aclose()
     assert out.ok
     if budget:
-        assert (out.provider, out.attempts, out.ended - out.started) == (
-            "fast",
-            2,
-            pytest.approx(0.6),
-        )
+        assert (out.provider, out.attempts) == ("fast", 2)
+        assert out.ended - out.started == pytest.approx(0.6)  # hedge delay + the fast answer
     else:  # no budget, no hedge: the slow answer
         assert (out.provider, out.attempts, len(fast.calls)) == ("slow", 1, 0)

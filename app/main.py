@@ -18,11 +18,12 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import chat, conversations, diagnostics, health, readiness, ui
+from app.api import chat, conversations, diagnostics, health, readiness, relay, ui
 from app.api import lifecycle as lifecycle_api
 from app.api import runtime as runtime_api
 from app.api.edge import EdgePolicy
 from app.api.middleware import KeelMiddleware
+from app.api.openapi import install_openapi
 from app.api.problems import install_error_handlers
 from app.lifecycle.component import LifecycleComponent
 from app.observability.logging import configure_logging
@@ -123,6 +124,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.timeline = timeline
     install_error_handlers(app)
+    install_openapi(app)  # lazy: documents every route included below, and later ones
     app.add_middleware(
         KeelMiddleware,
         metrics=metrics,
@@ -131,6 +133,7 @@ def create_app(
         edge=EdgePolicy(settings.effective_allowed_hosts, settings.cors_origins),
     )
     app.include_router(chat.router)
+    app.include_router(relay.router)
     app.include_router(health.router)
     app.include_router(conversations.router)
     app.include_router(lifecycle_api.router)

@@ -32,10 +32,11 @@ from app.providers.chat_records import (
 )
 from app.providers.chat_service import Answer, ChatService
 from app.providers.local import LocalProvider
+from app.providers.router import Target
 from app.resilience.failures import UpstreamFailure
 from app.runtime.slot import current_request_id
 from app.store.conversation_models import NewMessage
-from app.store.idempotency import Claim, StoredResponse
+from app.store.idempotency import Claim, IdempotencyRequest, StoredResponse
 from app.store.idempotency_http import idempotency_request, to_response
 
 router = APIRouter(tags=["chat"])
@@ -78,11 +79,25 @@ def _answer_headers(answer: Answer) -> dict[str, str]:
 
 @router.post(
     "/v1/chat/completions",
+    summary="Create a chat completion",
+    description="OpenAI-compatible chat completion, routed to the model's targets with "
+    "retries and fallbacks. With `stream: true` the answer is server-sent events ending "
+    "`data: [DONE]`; a failure after the first event ends the stream with an `error` event. "
+    "Extensions: body `conversation_id`, headers `Idempotency-Key` and `X-Request-Timeout`.",
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
-        }
+        },
+        "responses": {
+            "200": {
+                "description": "The completion (JSON), or its events (`stream: true`)",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+            }
+        },
     },
 )
 async def chat_completions(request: Request) -> Response:
@@ -93,12 +108,10 @@ async def chat_completions(request: Request) -> Response:
     state = request.state
     chat: ChatService = state.chat
     records: ChatRecords = state.chat_records
-    metrics: Metrics = state.metrics
     request_id: str = state.request_id
     current_request_id.set(request_id)  # lets POST /v1/requests/{id}/cancel find a local run
     payload = _parse(await request.body())
     key = await idempotency_request(request)
-    x_request_timeout = request.headers.get("x-request-timeout")
     for i, message in enumerate(payload.messages):
         if content_chars(message) > MAX_CONTENT_CHARS:
             raise PayloadTooLarge(
@@ -106,14 +119,40 @@ async def chat_completions(request: Request) -> Response:
                 extra={"limit": MAX_CONTENT_CHARS, "field": f"body.messages.{i}.content"},
             )
     targets = chat.router.resolve(payload.model)
-    deadline = chat.deadline_for(targets, _timeout_header(x_request_timeout))
     # Forward what the client sent, minus Keel's own extension fields.
-    body: dict[str, Any] = payload.model_dump(exclude_unset=True, exclude={"conversation_id"})
+    body: dict[str, Any] = payload.model_dump(
+        exclude_unset=True, exclude={"conversation_id", "conversation"}
+    )
     cid = payload.conversation_id
     turns = new_user_turns(body["messages"]) if cid else []
     if cid:
         await records.check_conversation(cid)
+    return await answer_and_render(
+        request, body, targets, key, stream=payload.stream, cid=cid, turns=turns
+    )
 
+
+async def answer_and_render(
+    request: Request,
+    body: dict[str, Any],
+    targets: list[Target],
+    key: IdempotencyRequest | None,
+    *,
+    stream: bool,
+    cid: str | None = None,
+    turns: list[NewMessage] | None = None,
+    path: str | None = None,
+) -> Response:
+    """From a parsed request to its response: deadline, idempotency claim, the answer under
+    the guard, what the turn leaves behind. Chat and the relayed endpoints (``path``:
+    ``embeddings``, ``completions``) share it."""
+    state = request.state
+    chat: ChatService = state.chat
+    records: ChatRecords = state.chat_records
+    metrics: Metrics = state.metrics
+    request_id: str = state.request_id
+    turns = turns or []
+    deadline = chat.deadline_for(targets, _timeout_header(request.headers.get("x-request-timeout")))
     claim: Claim | None = None
     if key is not None:
         got = await records.idempotency.begin(key)
@@ -124,9 +163,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         answer = await until_disconnect(
             request.receive,
-            lambda: (chat.open_stream if payload.stream else chat.complete)(
-                body, targets, deadline
-            ),
+            lambda: (chat.open_stream if stream else chat.complete)(body, targets, deadline, path),
         )
     except ClientDisconnected:
         await records.abandon(claim)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,6 +20,16 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = Field(default=None)
 
 
+# A stored conversation's id: printable, so it never reaches SQL with a NUL in it.
+ConversationId = Annotated[str, Field(max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class ConversationRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: ConversationId
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -27,7 +37,20 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     # Keel's extension: persist this turn into a stored conversation after success.
-    conversation_id: str | None = Field(default=None, max_length=64)
+    conversation_id: ConversationId | None = None
+    # OpenAI's spelling (Responses API): an id or {"id": ...}; folded into conversation_id.
+    conversation: ConversationId | ConversationRef | None = None
+
+    @model_validator(mode="after")
+    def _one_conversation(self) -> ChatRequest:
+        if self.conversation is not None:
+            named = (
+                self.conversation if isinstance(self.conversation, str) else self.conversation.id
+            )
+            if self.conversation_id not in (None, named):
+                raise ValueError("conversation and conversation_id name different conversations")
+            self.conversation_id = named
+        return self
 
     @model_validator(mode="after")
     def _forwardable(self) -> ChatRequest:

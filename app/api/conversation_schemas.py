@@ -1,45 +1,70 @@
 """Request bodies, header parsing and JSON rendering for ``/v1/conversations``.
 
-Representations (DESIGN §3):
+Representations (DESIGN §3), OpenAI's Conversations API shapes with Keel's extensions:
 
-- conversation: ``{id, title, metadata, version, created_at, updated_at, messages: [...]}``
-- summary (list, PATCH, DELETE): the same without ``messages``, plus ``message_count``
-- message: ``{id, seq, role, content, created_at}``
-- delta: ``{id, version, from_version, updated_at, changed: {title?, metadata?}, messages}``
+- conversation: ``{id, object: "conversation", created_at, metadata, title, version,
+  updated_at}`` (times in Unix seconds)
+- item: ``{id, type: "message", role, content: [{type, text}], status, seq, created_at}``;
+  a tombstone (delta sync only): ``{id, type: "message", seq, deleted: true}``
+- list: ``{object: "list", data, first_id, last_id, has_more}``
+- deleted: ``{id, object: "conversation.deleted", deleted: true, version}``
+- legacy ``.../messages`` append: ``{id, version, updated_at, message_count, messages}``
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.values import JsonObject, Text, Version, valid_text
+from app.api.values import JsonObject, Text, Version
 from app.errors import BadRequest
 from app.store.conversation_models import (
     Appended,
     Conversation,
-    Delta,
     IntegrityReport,
+    ItemPage,
     Message,
+    NewMessage,
     Page,
     Precondition,
+    TextPart,
+    new_message,
 )
-from app.store.timeutil import as_utc
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TextPartIn(_Body):
+    type: Literal["input_text", "output_text"]
+    text: Text
+    # OpenAI's output_text parts carry annotations; Keel stores none, so only [] is accepted.
+    annotations: list[Any] = Field(default_factory=list, max_length=0)
+
+
+class ItemIn(_Body):
+    """A message item, as the SDK sends it: content is a string or a list of text parts."""
+
+    type: Literal["message"] = "message"
+    role: Text = Field(max_length=32)
+    content: Text | Annotated[list[TextPartIn], Field(min_length=1)]
+    status: Literal["completed"] | None = None
+
+
 class CreateConversationBody(_Body):
     title: Text | None = None
-    metadata: JsonObject = Field(default_factory=dict)
+    metadata: JsonObject | None = None
+    items: list[ItemIn] | None = None
+
+
+class CreateItemsBody(_Body):
+    items: list[ItemIn] = Field(min_length=1)
+    expected_version: Version | None = None
 
 
 class UpdateConversationBody(_Body):
@@ -103,70 +128,112 @@ def none_match(if_none_match: str | None, version: int) -> bool:
     return False
 
 
-# -- cursors --
+# -- page cursors --
 
 
-def encode_cursor(cursor: tuple[datetime, str] | None) -> str | None:
-    if cursor is None:
-        return None
-    raw = json.dumps([cursor[0].isoformat(), cursor[1]], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def page_after(after: str | None, what: str) -> str | None:
+    """An ``after`` cursor (an id this API returned), refused before it reaches SQL when it
+    cannot be one (PostgreSQL rejects a NUL in text with an error, not "no row")."""
+    if after is not None and (len(after) > 64 or not after.isprintable()):
+        raise BadRequest(f"after is not the id of {what}.")
+    return after
 
 
-_MAX_CURSOR_CHARS = 256
+# -- items in --
 
 
-def decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
-    if cursor is None:
-        return None
-    try:
-        # Bounded before decoding: a crafted cursor could nest JSON deep enough to recurse.
-        if len(cursor) > _MAX_CURSOR_CHARS:
-            raise ValueError("cursor length")
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, cid = json.loads(raw)
-        if not isinstance(cid, str) or not isinstance(created, str):
-            raise ValueError("cursor fields")
-        # Converting an extreme date (year 1 or 9999 with an offset) to UTC overflows.
-        return as_utc(datetime.fromisoformat(created)), valid_text(cid)
-    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error):
-        raise BadRequest("cursor is not a cursor this API returned.") from None
+def new_messages(items: list[ItemIn]) -> list[NewMessage]:
+    return [
+        NewMessage(i.role, i.content)
+        if isinstance(i.content, str)
+        else new_message(i.role, [TextPart(p.type, p.text) for p in i.content])
+        for i in items
+    ]
 
 
 # -- rendering --
 
 
+def _unix(t: datetime) -> int:
+    return int(t.timestamp())
+
+
+def conversation_json(c: Conversation) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "object": "conversation",
+        "created_at": _unix(c.created_at),
+        "metadata": c.metadata,
+        "title": c.title,
+        "version": c.version,
+        "updated_at": _unix(c.updated_at),
+    }
+
+
+def _part_json(p: TextPart) -> dict[str, Any]:
+    if p.type == "output_text":
+        return {"type": p.type, "text": p.text, "annotations": []}
+    return {"type": p.type, "text": p.text}
+
+
+def item_json(m: Message) -> dict[str, Any]:
+    if m.deleted:
+        return {"id": m.id, "type": "message", "seq": m.seq, "deleted": True}
+    return {
+        "id": m.id,
+        "type": "message",
+        "role": m.role,
+        "content": [_part_json(p) for p in m.content_parts()],
+        "status": "completed",
+        "seq": m.seq,
+        "created_at": _unix(m.created_at),
+    }
+
+
+def list_json(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def items_json(page: ItemPage) -> dict[str, Any]:
+    out = list_json([item_json(m) for m in page.items], page.has_more)
+    if page.since_version is not None:  # delta sync: where this picks up from
+        out["version"] = page.conversation.version
+        out["from_version"] = page.since_version
+    return out
+
+
+def delta_json(head: Conversation, since_version: int, items: ItemPage) -> dict[str, Any]:
+    changed = {"title": head.title, "metadata": head.metadata}
+    return {
+        **conversation_json(head),
+        "from_version": since_version,
+        "changed": changed if head.fields_version > since_version else {},
+        "items": items_json(items),
+    }
+
+
+def deleted_json(c: Conversation) -> dict[str, Any]:
+    return {"id": c.id, "object": "conversation.deleted", "deleted": True, "version": c.version}
+
+
+def page_json(p: Page) -> dict[str, Any]:
+    return list_json([conversation_json(c) for c in p.items], p.has_more)
+
+
 def message_json(m: Message) -> dict[str, Any]:
+    """The legacy ``.../messages`` shape."""
     return {
         "id": m.id,
         "seq": m.seq,
         "role": m.role,
         "content": m.content,
         "created_at": m.created_at.isoformat(),
-    }
-
-
-def summary_json(c: Conversation) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "title": c.title,
-        "metadata": c.metadata,
-        "version": c.version,
-        "created_at": c.created_at.isoformat(),
-        "updated_at": c.updated_at.isoformat(),
-        "message_count": c.message_count,
-    }
-
-
-def conversation_json(c: Conversation, messages: list[Message]) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "title": c.title,
-        "metadata": c.metadata,
-        "version": c.version,
-        "created_at": c.created_at.isoformat(),
-        "updated_at": c.updated_at.isoformat(),
-        "messages": [message_json(m) for m in messages],
     }
 
 
@@ -179,27 +246,6 @@ def appended_json(a: Appended) -> dict[str, Any]:
         "message_count": c.message_count,
         "messages": [message_json(m) for m in a.messages],
     }
-
-
-def delta_json(d: Delta) -> dict[str, Any]:
-    c = d.conversation
-    changed = {"title": c.title, "metadata": c.metadata} if d.fields_changed else {}
-    return {
-        "id": c.id,
-        "version": c.version,
-        "from_version": d.from_version,
-        "updated_at": c.updated_at.isoformat(),
-        "changed": changed,
-        "messages": [message_json(m) for m in d.messages],
-    }
-
-
-def deleted_json(c: Conversation) -> dict[str, Any]:
-    return {"id": c.id, "version": c.version, "deleted": True}
-
-
-def page_json(p: Page) -> dict[str, Any]:
-    return {"data": [summary_json(c) for c in p.items], "next_cursor": encode_cursor(p.next_cursor)}
 
 
 def report_json(r: IntegrityReport) -> dict[str, Any]:

@@ -61,6 +61,11 @@ class KeelMiddleware:
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         path: str = scope["path"]
+        method: str = scope["method"]
+        head = method == "HEAD"
+        if head:
+            # Every GET route answers HEAD: the route runs as GET and its body is dropped.
+            scope = {**scope, "method": "GET"}
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -68,6 +73,11 @@ class KeelMiddleware:
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
+            if head and message["type"] == "http.response.body":
+                # The HEAD answer ended with its start; a stream (SSE) is stopped here.
+                if message.get("more_body", False):
+                    raise _HeadAnswered
+                return
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
@@ -77,11 +87,15 @@ class KeelMiddleware:
                 if cors:
                     raw.extend(cors)
                 message = {**message, "headers": raw}
+                if head:
+                    await send(message)
+                    await send({"type": "http.response.body", "body": b""})
+                    return
             await send(message)
 
         self.metrics.http_in_flight.inc()
         try:
-            verdict = self._admit(scope["method"], path, headers, repeated)
+            verdict = self._admit(method, path, headers, repeated)
             if isinstance(verdict, Preflight):
                 cors = verdict.headers
                 await send_wrapper({"type": "http.response.start", "status": 204, "headers": []})
@@ -97,6 +111,8 @@ class KeelMiddleware:
                 await problem_response(refusal, request_id)(scope, receive, send_wrapper)
             else:
                 await self.app(scope, self._limited(receive), send_wrapper)
+        except _HeadAnswered:
+            pass
         except BodyTooLarge as exc:
             if not response_started:
                 too_large = PayloadTooLarge(
@@ -121,7 +137,8 @@ class KeelMiddleware:
                 await problem_response(err, request_id)(scope, receive, send_wrapper)
         finally:
             self.metrics.http_in_flight.dec()
-            self._observe(scope, path, status, time.perf_counter() - started, request_id)
+            elapsed = time.perf_counter() - started
+            self._observe(scope, method, path, status, elapsed, request_id)
 
     def _admit(
         self, method: str, path: str, headers: dict[str, str], repeated: bytes | None
@@ -167,10 +184,15 @@ class KeelMiddleware:
         return wrapped
 
     def _observe(
-        self, scope: Scope, path: str, status: int, elapsed: float, request_id: str
+        self,
+        scope: Scope,
+        method: str,
+        path: str,
+        status: int,
+        elapsed: float,
+        request_id: str,
     ) -> None:
         route = getattr(scope.get("route"), "path", None) or _UNMATCHED
-        method: str = scope["method"]
         # Dry runs promise no side effects, metrics included; scrapes do not count themselves.
         dry_run = b"dry_run=true" in scope.get("query_string", b"")
         if not dry_run and path not in _UNMETERED_PATHS:
@@ -196,6 +218,10 @@ class KeelMiddleware:
                 "duration_ms": round(elapsed * 1000, 2),
             },
         )
+
+
+class _HeadAnswered(Exception):
+    """Raised into a GET route's stream once its HEAD answer is complete."""
 
 
 _WANTED = frozenset({b"x-request-id", b"authorization", b"content-length"}) | EDGE_HEADERS

@@ -7,8 +7,10 @@ on the wire: the problem object with its OpenAI ``error`` envelope, ``Retry-Afte
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,7 +111,10 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 404:
         mapped = NotFound("No such resource.")
     elif exc.status_code == 405:
-        mapped = MethodNotAllowed("This method is not allowed on this resource.")
+        mapped = MethodNotAllowed(
+            "This method is not allowed on this resource.",
+            headers={"Allow": ", ".join(_allowed_methods(request))},
+        )
     elif exc.status_code == 413:
         mapped = PayloadTooLarge("The request body is too large.")
     elif exc.status_code == 401:
@@ -119,6 +124,27 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     else:
         mapped = InternalError("An internal error occurred.")
     return problem_response(mapped, request_id_of(request))
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API document lists for this path (Starlette's own ``Allow`` names only
+    the first route that matched), plus HEAD wherever GET is (KeelMiddleware answers it)."""
+    methods: set[str] = set()
+    path = request.scope["path"]
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if _template(template).fullmatch(path):
+            methods |= {m.upper() for m in operations if m.upper() in _METHODS}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@functools.lru_cache(maxsize=512)
+def _template(path: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)))
 
 
 def install_error_handlers(app: FastAPI) -> None:

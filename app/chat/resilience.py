@@ -116,7 +116,10 @@ def guard_config(
     provider: str, cfg: ProviderSettings, resilience: ResilienceSettings
 ) -> GuardConfig:
     """Defaults merged with the provider's overrides (``ConfigError`` names the bad setting)."""
-    attempt_timeout = cfg.attempt_timeout_s or resilience.attempt_timeout_s
+    # A local model's first token may wait for the model to load (the runtime bounds that with
+    # its own load and stall limits), so the default per-attempt limit is for remote providers.
+    default_attempt = resilience.attempt_timeout_s if cfg.kind == "openai" else None
+    attempt_timeout = cfg.attempt_timeout_s or default_attempt
     probe_interval = resilience.probe_interval_s
     if cfg.probe_interval_s is not None:
         probe_interval = cfg.probe_interval_s

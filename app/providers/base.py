@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from app.resilience.deadline import Deadline
 
@@ -48,3 +48,17 @@ class Provider(Protocol):
     ) -> ChatStream: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class RelayProvider(Protocol):
+    """A provider that also serves OpenAI's other endpoints (``embeddings``, legacy
+    ``completions``): the body goes upstream as the client sent it, with the target's model."""
+
+    async def relay(
+        self, path: str, body: dict[str, Any], model: str, deadline: Deadline
+    ) -> Completion: ...
+
+    async def open_relay_stream(
+        self, path: str, body: dict[str, Any], model: str, deadline: Deadline
+    ) -> ChatStream: ...

@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from app.chat import hedge
 from app.chat.resilience import to_catalogue, upstream_error
@@ -25,11 +25,12 @@ from app.errors import (
     CircuitOpen,
     DeadlineExceeded,
     KeelError,
+    ModelNotFound,
     RateLimited,
     UpstreamRejected,
 )
 from app.observability.metrics import Metrics
-from app.providers.base import ChatStream, Completion, Provider
+from app.providers.base import ChatStream, Completion, Provider, RelayProvider
 from app.providers.router import ModelRouter, Target
 from app.resilience.clock import Clock, MonotonicClock
 from app.resilience.deadline import Deadline
@@ -109,14 +110,35 @@ class ChatService:
         seconds = min(default, requested_s) if requested_s else default
         return Deadline.after(seconds, self.clock)
 
+    def relay_targets(self, model: str, path: str | None) -> list[Target]:
+        """``model``'s targets that can serve ``path`` (``None``: chat, which all can)."""
+        targets = self.router.resolve(model)
+        if path is None:
+            return targets
+        able = [t for t in targets if isinstance(self.providers.get(t.provider), RelayProvider)]
+        if not able:
+            raise ModelNotFound(
+                f"No provider behind '{model[:100]}' serves /v1/{path}.", param="model"
+            )
+        return able
+
     async def complete(
-        self, body: dict[str, Any], targets: list[Target], deadline: Deadline
+        self,
+        body: dict[str, Any],
+        targets: list[Target],
+        deadline: Deadline,
+        path: str | None = None,
     ) -> Answer:
+        """A whole answer; ``path`` relays another OpenAI endpoint (``embeddings``,
+        ``completions``) through the same guard, fallbacks and deadline."""
+
         async def attempt(target: Target, stack: AsyncExitStack, run: _Run) -> Answer:
             provider = self.providers[target.provider]
 
             def op(d: Deadline) -> Awaitable[Completion]:
                 run.attempts += 1
+                if path is not None:
+                    return cast(RelayProvider, provider).relay(path, body, target.model, d)
                 return provider.complete(body, target.model, d)
 
             completion, _ = await self.guards[target.provider].run(
@@ -127,13 +149,22 @@ class ChatService:
         return await self._first_answer(targets, deadline, attempt)
 
     async def open_stream(
-        self, body: dict[str, Any], targets: list[Target], deadline: Deadline
+        self,
+        body: dict[str, Any],
+        targets: list[Target],
+        deadline: Deadline,
+        path: str | None = None,
     ) -> Answer:
         async def open_and_peek(
             target: Target, d: Deadline, run: _Run
         ) -> tuple[ChatStream, bytes, AsyncIterator[bytes]]:
             run.attempts += 1
-            stream = await self.providers[target.provider].open_stream(body, target.model, d)
+            provider = self.providers[target.provider]
+            stream = await (
+                provider.open_stream(body, target.model, d)
+                if path is None
+                else cast(RelayProvider, provider).open_relay_stream(path, body, target.model, d)
+            )
             # The gaps between events are bounded by the idle limit and the request's deadline;
             # the first event by ``d``, which is also the attempt's time-to-first-byte limit.
             idle = min(self._stream_idle_s(target), max(deadline.remaining(), 0.001))

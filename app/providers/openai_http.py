@@ -84,10 +84,15 @@ class OpenAIHTTPProvider:
         await self._client.aclose()
 
     async def complete(self, body: dict[str, Any], model: str, deadline: Deadline) -> Completion:
-        payload = _encode({**body, "model": model, "stream": False})
+        return await self.relay("chat/completions", {**body, "stream": False}, model, deadline)
+
+    async def relay(
+        self, path: str, body: dict[str, Any], model: str, deadline: Deadline
+    ) -> Completion:
+        payload = _encode({**body, "model": model})
         try:
             resp = await self._client.post(
-                "chat/completions",
+                path,
                 content=payload,
                 timeout=self._timeout(deadline),
                 headers={"Content-Type": "application/json"},
@@ -101,10 +106,15 @@ class OpenAIHTTPProvider:
     async def open_stream(
         self, body: dict[str, Any], model: str, deadline: Deadline
     ) -> HTTPChatStream:
+        return await self.open_relay_stream("chat/completions", body, model, deadline)
+
+    async def open_relay_stream(
+        self, path: str, body: dict[str, Any], model: str, deadline: Deadline
+    ) -> HTTPChatStream:
         payload = _encode({**body, "model": model, "stream": True})
         request = self._client.build_request(
             "POST",
-            "chat/completions",
+            path,
             content=payload,
             timeout=self._timeout(deadline),
             headers={"Content-Type": "application/json", "Accept": "text/event-stream"},

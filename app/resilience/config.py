@@ -23,8 +23,8 @@ class RetryConfig:
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     """resilience4j's knobs. The defaults do not trip on independent errors up to 30 %:
-    a full window of 200 calls reaches 50 % failures with probability 1e-15 at a 15 % error
-    rate and 1e-9 at 30 % (docs/resilience.md), while a dead provider opens it after
+    a full window of 200 calls reaches 50 % failures with probability 4e-31 at a 15 % error
+    rate and 3e-9 at 30 % (docs/resilience.md), while a dead provider opens it after
     ``min_calls`` calls."""
 
     window: Literal["count", "time"] = "count"

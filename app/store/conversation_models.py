@@ -1,13 +1,14 @@
 """What the conversation service takes and returns: plain frozen records, no SQL, no HTTP.
 
-Versions: a conversation is created at version 1 and every mutation (PATCH, DELETE, one append
-of any number of messages) adds exactly 1. Each message remembers the version that added it and
+Versions: a conversation is created at version 1 and every mutation (update, DELETE, one append
+of any number of messages, one item deletion) adds exactly 1. Each message (an *item* in the
+Conversations API) remembers the version that added it, and the one that deleted it, and
 carries a ``seq`` that starts at 1 and has no gaps, which is what delta sync reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,10 +17,36 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 """Roles a stored message may have (the OpenAI chat roles)."""
 
 
+TEXT_PART_TYPES = frozenset({"input_text", "output_text"})
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """One ``{type, text}`` content part (``input_text`` or ``output_text``)."""
+
+    type: str
+    text: str
+
+
+def default_part_type(role: str) -> str:
+    """The part type a plain string stands for: what the model wrote is ``output_text``."""
+    return "output_text" if role == "assistant" else "input_text"
+
+
+def new_message(role: str, parts: Sequence[TextPart]) -> NewMessage:
+    """An item from its parts, stored as plain text when one part of the role's type says it
+    all (so it reads back, and checksums, exactly like a plain-string message)."""
+    if len(parts) == 1 and parts[0].type == default_part_type(role):
+        return NewMessage(role, parts[0].text)
+    return NewMessage(role, "".join(p.text for p in parts), tuple(parts))
+
+
 @dataclass(frozen=True, slots=True)
 class NewMessage:
     role: str
     content: str
+    # Set when the item's content parts are more than the text (several, or another type).
+    parts: tuple[TextPart, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +54,20 @@ class Message:
     id: str
     seq: int
     role: str
-    content: str
+    content: str  # the text; the concatenated parts when ``parts`` is set
     created_at: datetime
+    parts: tuple[TextPart, ...] | None = None
+    version: int = 0  # the conversation version that added it
+    deleted_version: int | None = None  # set on a tombstone
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_version is not None
+
+    def content_parts(self) -> list[TextPart]:
+        if self.parts is not None:
+            return list(self.parts)
+        return [TextPart(default_part_type(self.role), self.content)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +107,23 @@ class Delta:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemPage:
+    """One page of a conversation's items, in the order asked for.
+
+    With ``since_version`` set (delta sync) it holds the items added after that version and
+    tombstones (``Message.deleted``) for those deleted after it; otherwise live items only.
+    """
+
+    conversation: Conversation
+    items: list[Message]
+    has_more: bool
+    since_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     items: list[Conversation]
-    next_cursor: tuple[datetime, str] | None
+    has_more: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,8 @@ from typing import Any, Literal
 from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.store.conversation_models import Conversation, Message
+from app.store.checksums import message_checksum
+from app.store.conversation_models import Conversation, Message, TextPart
 from app.store.sqlite_fastpath import Prepared
 from app.store.tables import conversations as C
 from app.store.tables import messages as M
@@ -36,7 +37,17 @@ _HEAD = (
     C.c.updated_at,
     C.c.fields_version,
 )
-_MESSAGE = (M.c.id, M.c.seq, M.c.role, M.c.content, M.c.created_at, M.c.checksum)
+_MESSAGE = (
+    M.c.id,
+    M.c.seq,
+    M.c.role,
+    M.c.content,
+    M.c.created_at,
+    M.c.checksum,
+    M.c.parts,
+    M.c.version,
+    M.c.deleted_version,
+)
 
 StoredMessage = tuple[Message, str]
 """A message as read, with the checksum stored beside it (verified by the service)."""
@@ -59,8 +70,12 @@ def _conversation(row: Sequence[Any]) -> Conversation:  # the _HEAD columns, in 
 
 
 def _message(row: Sequence[Any]) -> StoredMessage:  # the _MESSAGE columns, in order
-    mid, seq, role, content, created_at, checksum = row
-    return Message(mid, seq, role, content, as_utc(created_at)), checksum
+    mid, seq, role, content, created_at, checksum, parts, version, deleted_version = row
+    if parts is not None:
+        parts = tuple(TextPart(str(p.get("type")), str(p.get("text"))) for p in parts)
+        content = "".join(p.text for p in parts)
+    message = Message(mid, seq, role, content, as_utc(created_at), parts, version, deleted_version)
+    return message, checksum
 
 
 _INSERT_CONVERSATION = Prepared(insert(C), column_keys=[c.key for c in C.c])
@@ -75,6 +90,7 @@ async def insert_conversation(
     title: str | None,
     metadata: dict[str, Any],
     now: datetime,
+    n_messages: int = 0,
 ) -> None:
     await _INSERT_CONVERSATION.execute(
         conn,
@@ -83,7 +99,7 @@ async def insert_conversation(
             "title": title,
             "metadata": metadata,
             "version": 1,
-            "next_seq": 1,
+            "next_seq": 1 + n_messages,
             "created_at": now,
             "updated_at": now,
             "deleted_at": None,
@@ -151,7 +167,28 @@ async def bump(
     return _conversation(rows[0]) if rows else None
 
 
-async def insert_messages(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+def _row(conversation_id: str, m: Message) -> dict[str, Any]:
+    parts = None if m.parts is None else [(p.type, p.text) for p in m.parts]
+    return {
+        "id": m.id,
+        "conversation_id": conversation_id,
+        "seq": m.seq,
+        "role": m.role,
+        "content": "" if parts is not None else m.content,  # then the parts hold the text
+        "parts": None if parts is None else [{"type": t, "text": x} for t, x in parts],
+        "created_at": m.created_at,
+        "version": m.version,
+        "checksum": message_checksum(conversation_id, m.seq, m.role, m.content, parts),
+        "deleted_at": None,
+        "deleted_version": None,
+    }
+
+
+async def insert_messages(
+    conn: AsyncConnection, conversation_id: str, messages: Sequence[Message]
+) -> None:
+    """New items, each with the checksum of what it is (``checksums.py``)."""
+    rows = [_row(conversation_id, m) for m in messages]
     if len(rows) == 1:
         await _INSERT_MESSAGE.execute(conn, rows[0])
     else:
@@ -172,6 +209,67 @@ async def messages(
     if after_version is not None:
         stmt = stmt.where(M.c.version > after_version)
     return [_message(r) for r in (await conn.execute(stmt.order_by(M.c.seq))).all()]
+
+
+async def item_seq(conn: AsyncConnection, conversation_id: str, item_id: str) -> int | None:
+    """The seq of an item of this conversation (tombstones included: a page cursor may have
+    been deleted since the client read it)."""
+    stmt = select(M.c.seq).where(M.c.id == item_id, M.c.conversation_id == conversation_id)
+    return (await conn.execute(stmt)).scalar_one_or_none()
+
+
+async def item(conn: AsyncConnection, conversation_id: str, item_id: str) -> StoredMessage | None:
+    """A live item of this conversation, or None."""
+    stmt = select(*_MESSAGE).where(
+        M.c.id == item_id, M.c.conversation_id == conversation_id, M.c.deleted_at.is_(None)
+    )
+    row = (await conn.execute(stmt)).first()
+    return _message(row) if row is not None else None
+
+
+async def items_page(
+    conn: AsyncConnection,
+    conversation_id: str,
+    *,
+    max_seq: int,
+    limit: int,
+    descending: bool,
+    after_seq: int | None = None,
+    since_version: int | None = None,
+) -> list[StoredMessage]:
+    """At most ``limit`` items in seq order, keyset-paginated on the unique (conversation_id,
+    seq) index: the database reads a page, not the conversation.
+
+    Without ``since_version`` only live items; with it, the items added after that version
+    and the tombstones of those deleted after it (delta sync)."""
+    stmt = select(*_MESSAGE).where(M.c.conversation_id == conversation_id, M.c.seq <= max_seq)
+    if since_version is None:
+        stmt = stmt.where(M.c.deleted_at.is_(None))
+    else:
+        stmt = stmt.where(or_(M.c.version > since_version, M.c.deleted_version > since_version))
+    if after_seq is not None:
+        stmt = stmt.where(M.c.seq < after_seq if descending else M.c.seq > after_seq)
+    order = M.c.seq.desc() if descending else M.c.seq.asc()
+    return [_message(r) for r in (await conn.execute(stmt.order_by(order).limit(limit))).all()]
+
+
+async def delete_item(
+    conn: AsyncConnection, conversation_id: str, item_id: str, *, version: int, now: datetime
+) -> bool:
+    """Mark a live item deleted at ``version``; False when it is not (or no longer) live."""
+    stmt = (
+        update(M)
+        .where(M.c.id == item_id, M.c.conversation_id == conversation_id, M.c.deleted_at.is_(None))
+        .values(deleted_at=now, deleted_version=version)
+    )
+    return bool((await conn.execute(stmt)).rowcount)
+
+
+async def created_at_of(conn: AsyncConnection, conversation_id: str) -> datetime | None:
+    """When a conversation was made (deleted ones too): the key of a list cursor."""
+    stmt = select(C.c.created_at).where(C.c.id == conversation_id)
+    value = (await conn.execute(stmt)).scalar_one_or_none()
+    return as_utc(value) if value is not None else None
 
 
 async def page(

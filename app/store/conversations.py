@@ -12,11 +12,13 @@ an idempotency key or, for the chat endpoint, with a completion::
 
 ``dry_run=True`` takes the same decisions (404, 412, 409, 428, limits) against the current row
 and returns the would-be result without writing anything.
+
+Messages are the items of the Conversations API. Deleting one leaves a tombstone row (same seq,
+``deleted_version`` set), so seqs stay gap-free and delta sync can report the deletion.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -26,35 +28,30 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.errors import (
-    DataCorrupted,
+    BadRequest,
     NotFound,
-    PayloadTooLarge,
     PreconditionFailed,
     PreconditionRequired,
-    ValidationFailed,
     VersionConflict,
 )
 from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
 from app.settings import StoreSettings
 from app.store import conversation_repository as repo
-from app.store.checksums import canonical_json, message_checksum
+from app.store import limits
 from app.store.conversation_models import (
-    ROLES,
     Appended,
     Conversation,
-    ConversationWithMessages,
-    Delta,
     FieldChanges,
     IntegrityReport,
+    ItemPage,
     Message,
     NewMessage,
     Page,
     Precondition,
 )
+from app.store.integrity import Integrity, intact
 from app.store.timeutil import utcnow
-
-log = logging.getLogger("keel.store")
 
 
 class ConversationService:
@@ -69,42 +66,18 @@ class ConversationService:
         self.metrics = metrics
         self.timeline = timeline
         self.clock = clock
+        self.integrity = Integrity(metrics, timeline)
 
     # -- validation (pure; the chat endpoint calls validate_messages before claiming a key) --
 
     def validate_messages(self, messages: Sequence[NewMessage]) -> None:
-        if not messages:
-            raise ValidationFailed("At least one message is required.")
-        limit = self.settings.max_messages_per_append
-        if len(messages) > limit:
-            raise _too_large(
-                f"{len(messages)} messages in one append", "max_messages_per_append", limit
-            )
-        for i, m in enumerate(messages):
-            if m.role not in ROLES:
-                raise ValidationFailed(f"messages[{i}].role must be one of {sorted(ROLES)}.")
-            if len(m.content) > self.settings.max_message_chars:
-                raise _too_large(
-                    f"messages[{i}].content has {len(m.content)} characters",
-                    "max_message_chars",
-                    self.settings.max_message_chars,
-                )
+        limits.check_messages(self.settings, messages)
 
     def _validate_fields(self, title: str | None, metadata: dict[str, Any] | None) -> None:
-        if title is not None and len(title) > self.settings.max_title_chars:
-            raise ValidationFailed(
-                f"title has {len(title)} characters; the limit (max_title_chars) is "
-                f"{self.settings.max_title_chars}.",
-                extra={"limit": self.settings.max_title_chars, "limit_name": "max_title_chars"},
-            )
-        if metadata is not None:
-            size = len(canonical_json(metadata))
-            if size > self.settings.max_metadata_bytes:
-                raise _too_large(
-                    f"metadata is {size} bytes as JSON",
-                    "max_metadata_bytes",
-                    self.settings.max_metadata_bytes,
-                )
+        limits.check_fields(self.settings, title, metadata)
+
+    def _check_limit(self, limit: int) -> None:
+        limits.check_page_limit(self.settings, limit)
 
     # -- mutations --
 
@@ -114,17 +87,31 @@ class ConversationService:
         *,
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
+        messages: Sequence[NewMessage] = (),
         dry_run: bool = False,
-    ) -> ConversationWithMessages:
+    ) -> Appended:
+        """A new conversation at version 1, with its first items (seq 1..n) if given."""
         metadata = {} if metadata is None else metadata
         self._validate_fields(title, metadata)
+        if messages:
+            self.validate_messages(messages)
         now = self.clock()
-        conversation = Conversation(str(uuid.uuid4()), title, metadata, 1, now, now, 0, 1)
+        conversation = Conversation(
+            str(uuid.uuid4()), title, metadata, 1, now, now, len(messages), 1
+        )
+        added = _new_items(messages, first_seq=1, version=1, now=now)
         if not dry_run:
             await repo.insert_conversation(
-                conn, id=conversation.id, title=title, metadata=metadata, now=now
+                conn,
+                id=conversation.id,
+                title=title,
+                metadata=metadata,
+                now=now,
+                n_messages=len(messages),
             )
-        return ConversationWithMessages(conversation, [])
+            if added:
+                await repo.insert_messages(conn, conversation.id, added)
+        return Appended(conversation, added)
 
     async def update(
         self,
@@ -214,28 +201,40 @@ class ConversationService:
             if head is None:
                 head = await self._refused(conn, conversation_id, precondition)
         first_seq = head.message_count - len(messages) + 1
-        added = [
-            Message(str(uuid.uuid4()), first_seq + i, m.role, m.content, now)
-            for i, m in enumerate(messages)
-        ]
+        added = _new_items(messages, first_seq=first_seq, version=head.version, now=now)
         if not dry_run:
-            await repo.insert_messages(
-                conn,
-                [
-                    {
-                        "id": m.id,
-                        "conversation_id": conversation_id,
-                        "seq": m.seq,
-                        "role": m.role,
-                        "content": m.content,
-                        "created_at": now,
-                        "version": head.version,
-                        "checksum": message_checksum(conversation_id, m.seq, m.role, m.content),
-                    }
-                    for m in added
-                ],
-            )
+            await repo.insert_messages(conn, conversation_id, added)
         return Appended(head, added)
+
+    async def delete_item(
+        self,
+        conn: AsyncConnection,
+        conversation_id: str,
+        item_id: str,
+        precondition: Precondition | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> Conversation:
+        """Delete one item (one version bump) leaving a tombstone; a precondition is optional,
+        as for appends (deleting an item overwrites nobody's change)."""
+        precondition = precondition or Precondition()
+        cur = await self._current(conn, conversation_id, precondition)
+        if await repo.item(conn, conversation_id, item_id) is None:
+            raise NotFound("No such item in this conversation.")
+        now = self.clock()
+        if dry_run:
+            return _replace(cur, version=cur.version + 1, updated_at=now)
+        head = await repo.bump(
+            conn, conversation_id, allowed=precondition.allowed_versions(), now=now
+        )
+        if head is None:
+            head = await self._refused(conn, conversation_id, precondition)
+        # A concurrent delete of the same item may have committed since the check above.
+        if not await repo.delete_item(
+            conn, conversation_id, item_id, version=head.version, now=now
+        ):
+            raise NotFound("No such item in this conversation.")
+        return head
 
     # -- reads --
 
@@ -245,103 +244,76 @@ class ConversationService:
             raise NotFound("No such conversation.")
         return found
 
-    async def get(
-        self, conn: AsyncConnection, conversation_id: str, *, head: Conversation | None = None
-    ) -> ConversationWithMessages:
-        """The whole conversation, every message verified (500 data_corrupted otherwise)."""
-        head = head if head is not None else await self.head(conn, conversation_id)
-        stored = await repo.messages(conn, conversation_id, max_seq=head.message_count)
-        return ConversationWithMessages(head, self._verified(head, stored, first_seq=1))
+    async def item(self, conn: AsyncConnection, conversation_id: str, item_id: str) -> Message:
+        """One live item, its checksum verified."""
+        await self.head(conn, conversation_id)
+        stored = await repo.item(conn, conversation_id, item_id)
+        if stored is None:
+            raise NotFound("No such item in this conversation.")
+        return self.integrity.verified(conversation_id, [stored])[0]
 
-    async def delta(
+    async def items(
         self,
         conn: AsyncConnection,
         conversation_id: str,
-        since_version: int,
         *,
+        limit: int,
+        descending: bool = True,
+        after: str | None = None,
+        since_version: int | None = None,
         head: Conversation | None = None,
-    ) -> Delta:
-        """What changed after ``since_version``: fields if they changed, appended messages."""
+    ) -> ItemPage:
+        """A page of items (``after`` is the id of the last item of the previous page), or with
+        ``since_version`` the changes after that version, tombstones included. Reads at most
+        ``limit + 1`` rows, every one's checksum verified."""
+        self._check_limit(limit)
         head = head if head is not None else await self.head(conn, conversation_id)
-        if since_version > head.version:
+        if since_version is not None and since_version > head.version:
             raise VersionConflict(
                 f"since_version {since_version} is ahead of the conversation's version.",
                 current_version=head.version,
             )
-        stored = await repo.messages(
-            conn, conversation_id, after_version=since_version, max_seq=head.message_count
+        after_seq = None
+        if after is not None:
+            after_seq = await repo.item_seq(conn, conversation_id, after)
+            if after_seq is None:
+                raise BadRequest("after is not the id of an item of this conversation.")
+        stored = await repo.items_page(
+            conn,
+            conversation_id,
+            max_seq=head.message_count,
+            limit=limit + 1,
+            descending=descending,
+            after_seq=after_seq,
+            since_version=since_version,
         )
-        first = head.message_count - len(stored) + 1
-        return Delta(
-            head,
-            since_version,
-            head.fields_version > since_version,
-            self._verified(head, stored, first_seq=first),
-        )
+        items = self.integrity.verified(conversation_id, stored[:limit])
+        return ItemPage(head, items, len(stored) > limit, since_version)
 
-    async def page(
-        self, conn: AsyncConnection, *, limit: int, cursor: tuple[datetime, str] | None = None
-    ) -> Page:
-        if not 1 <= limit <= self.settings.page_limit_max:
-            raise ValidationFailed(
-                f"limit must be between 1 and {self.settings.page_limit_max}.",
-                extra={"limit": self.settings.page_limit_max, "limit_name": "page_limit_max"},
-            )
+    async def page(self, conn: AsyncConnection, *, limit: int, after: str | None = None) -> Page:
+        """Live conversations, newest first; ``after`` is the last id of the previous page."""
+        self._check_limit(limit)
+        cursor = None
+        if after is not None:
+            created = await repo.created_at_of(conn, after)
+            if created is None:
+                raise BadRequest("after is not the id of a conversation.")
+            cursor = (created, after)
         items = await repo.page(conn, limit=limit + 1, after=cursor)
-        more = len(items) > limit
-        items = items[:limit]
-        return Page(items, (items[-1].created_at, items[-1].id) if more else None)
+        return Page(items[:limit], len(items) > limit)
 
     async def verify(self, conn: AsyncConnection, conversation_id: str) -> IntegrityReport:
-        """Check every message's checksum and that seqs run 1..n with no gap; never raises."""
+        """Check every item's checksum (tombstones too) and that seqs run 1..n with no gap;
+        never raises for corruption."""
         head = await self.head(conn, conversation_id)
         stored = await repo.messages(conn, conversation_id, max_seq=head.message_count)
-        bad = [(m.id, m.seq) for m, checksum in stored if not _intact(conversation_id, m, checksum)]
+        bad = [(m.id, m.seq) for m, checksum in stored if not intact(conversation_id, m, checksum)]
         seqs = {m.seq for m, _ in stored}
         missing = [s for s in range(1, head.message_count + 1) if s not in seqs][:1000]
-        self._report_corruption(conversation_id, bad, missing)
+        self.integrity.report(conversation_id, bad, missing)
         return IntegrityReport(conversation_id, head.version, len(stored), bad, missing)
 
     # -- helpers --
-
-    def _verified(
-        self, head: Conversation, stored: list[repo.StoredMessage], *, first_seq: int
-    ) -> list[Message]:
-        """Messages whose checksums hold and whose seqs run on from ``first_seq``, else 500."""
-        bad = [(m.id, m.seq) for m, checksum in stored if not _intact(head.id, m, checksum)]
-        seqs = [m.seq for m, _ in stored]
-        expected = range(first_seq, head.message_count + 1)
-        missing = [] if seqs == list(expected) else sorted(set(expected) - set(seqs))[:1000]
-        if bad or missing:
-            self._report_corruption(head.id, bad, missing)
-            raise DataCorrupted(
-                "Stored messages of this conversation failed their integrity "
-                "check, so none are returned. POST .../verify reports which."
-            )
-        return [m for m, _ in stored]
-
-    def _report_corruption(
-        self, conversation_id: str, bad: list[tuple[str, int]], missing: list[int]
-    ) -> None:
-        if not bad and not missing:
-            return
-        self.metrics.data_corruption.labels(kind="message").inc(max(1, len(bad)))
-        log.error(
-            "conversation failed its integrity check",
-            extra={
-                "conversation_id": conversation_id,
-                "corrupted_message_ids": [i for i, _ in bad],
-                "corrupted_seqs": [s for _, s in bad],
-                "missing_seqs": missing[:50],
-            },
-        )
-        if self.timeline is not None:
-            self.timeline.record(
-                f"conversation:{conversation_id}",
-                "ok",
-                "corrupted",
-                "message_checksum_mismatch" if bad else "message_missing",
-            )
 
     async def _require(
         self, conn: AsyncConnection, conversation_id: str, precondition: Precondition
@@ -382,14 +354,13 @@ def _check(precondition: Precondition, current: int) -> None:
         )
 
 
-def _intact(conversation_id: str, m: Message, checksum: str) -> bool:
-    return message_checksum(conversation_id, m.seq, m.role, m.content) == checksum
-
-
-def _too_large(what: str, name: str, limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"{what}; the limit ({name}) is {limit}.", extra={"limit": limit, "limit_name": name}
-    )
+def _new_items(
+    messages: Sequence[NewMessage], *, first_seq: int, version: int, now: datetime
+) -> list[Message]:
+    return [
+        Message(str(uuid.uuid4()), first_seq + i, m.role, m.content, now, m.parts, version)
+        for i, m in enumerate(messages)
+    ]
 
 
 def _replace(c: Conversation, **changes: Any) -> Conversation:

@@ -66,6 +66,11 @@ messages = Table(
     Column("checksum", String(64), nullable=False),
     Column("version", Integer, nullable=False),  # conversation version that added it
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Content parts when a plain string cannot say it (several parts, or an unusual type).
+    Column("parts", JSON(none_as_null=True), nullable=True),
+    # A deleted item stays as a tombstone: seqs stay gap-free and delta sync reports it.
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
+    Column("deleted_version", Integer, nullable=True),
     UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
     Index("ix_messages_conversation_version", "conversation_id", "version"),
 )

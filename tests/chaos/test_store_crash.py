@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.fakes.servers import ROOT, KeelProcess
+from tests.integration.store.conftest import messages_of
 
 WORKERS = 16
 KILL_AFTER_ACKS = 300
@@ -81,10 +82,11 @@ async def test_acknowledged_appends_survive_kill_9(
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             conv = (await client.get(f"/v1/conversations/{cid}")).json()
-            stored = {m["content"]: m["seq"] for m in conv["messages"]}
+            items = await messages_of(client, cid)
+            stored = {m["content"]: m["seq"] for m in items}
             # Every acknowledged append is there, at the seq it was acknowledged with.
             assert {k: stored.get(k) for k in acked} == acked
-            assert [m["seq"] for m in conv["messages"]] == list(range(1, len(stored) + 1))
+            assert [m["seq"] for m in items] == list(range(1, len(stored) + 1))
             assert conv["version"] == len(stored) + 1
             # The client retries what it never heard back about: replayed if it committed,
             # applied now if it did not; either way exactly once.
@@ -95,8 +97,7 @@ async def test_acknowledged_appends_survive_kill_9(
                     json={"messages": [{"role": "user", "content": key}]},
                 )
                 assert retry.status_code == 201, retry.text
-            conv = (await client.get(f"/v1/conversations/{cid}")).json()
-            contents = [m["content"] for m in conv["messages"]]
+            contents = [m["content"] for m in await messages_of(client, cid)]
             assert sorted(contents) == sorted(set(acked) | in_flight)
             assert len(contents) == len(set(contents))
             report = (await client.post(f"/v1/conversations/{cid}/verify")).json()

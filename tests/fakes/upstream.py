@@ -102,6 +102,9 @@ class FakeUpstream:
     def calls(self) -> int:
         return sum(1 for r in self.requests if r.path.endswith("/chat/completions"))
 
+    def calls_to(self, endpoint: str) -> int:
+        return sum(1 for r in self.requests if r.path.endswith("/v1/" + endpoint))
+
     def reset(self) -> None:
         self.faults = Faults()
         self.requests.clear()
@@ -175,8 +178,16 @@ class FakeUpstream:
             await _send(writer, status, json.dumps(err).encode(), extra)
             return True
         assert isinstance(body, dict)
+        if path.endswith("/embeddings"):
+            await _send(writer, 200, json.dumps(_embeddings(body)).encode())
+            self.completed += 1
+            return True
         if body.get("stream"):
             return await self._stream(body, reader, writer)
+        if path.endswith("/v1/completions"):  # the legacy text completion
+            await _send(writer, 200, json.dumps(_text_completion(body)).encode())
+            self.completed += 1
+            return True
         content = _answer(body)
         payload = {
             "id": "chatcmpl-fake",
@@ -248,6 +259,35 @@ def _answer(body: dict[str, Any]) -> str:
     messages = body.get("messages") or [{}]
     last = str(messages[-1].get("content", ""))
     return f"echo: {last}"
+
+
+def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    inputs = body.get("input")
+    items = (
+        inputs
+        if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int)
+        else [inputs]
+    )
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": [float(len(str(x))), 0.5, -0.25]}
+            for i, x in enumerate(items)
+        ],
+        "model": body.get("model"),
+        "usage": {"prompt_tokens": len(items), "total_tokens": len(items)},
+    }
+
+
+def _text_completion(body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "cmpl-fake",
+        "object": "text_completion",
+        "created": 1700000000,
+        "model": body.get("model"),
+        "choices": [{"index": 0, "text": f"echo: {body.get('prompt')}", "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    }
 
 
 def _chunk(data: bytes) -> bytes:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import httpx
+import openai
+import pytest
+from openai.types.conversations import Message
 
 from tests.fakes.servers import ServerThread
 from tests.fakes.upstream import FakeUpstream
@@ -67,6 +70,11 @@ def _conversation(c: httpx.Client) -> str:
     return str(resp.json()["id"])
 
 
+def _items(c: httpx.Client, cid: str) -> list[tuple[str, list[dict[str, object]]]]:
+    page = c.get(f"/v1/conversations/{cid}/items", params={"order": "asc"}).json()
+    return [(i["role"], i["content"]) for i in page["data"]]
+
+
 def test_conversation_gets_both_turns_in_one_version(
     keel: ServerThread, upstream: FakeUpstream
 ) -> None:
@@ -77,9 +85,12 @@ def test_conversation_gets_both_turns_in_one_version(
         assert resp.status_code == 200, resp.text
         conv = c.get(f"/v1/conversations/{cid}").json()
         assert conv["version"] == before + 1
-        assert [(m["role"], m["content"]) for m in conv["messages"]] == [
-            ("user", "remember me"),
-            ("assistant", "echo: remember me"),
+        assert _items(c, cid) == [  # items, as the Conversations API reads them
+            ("user", [{"type": "input_text", "text": "remember me"}]),
+            (
+                "assistant",
+                [{"type": "output_text", "text": "echo: remember me", "annotations": []}],
+            ),
         ]
         assert "conversation_id" not in (upstream.requests[-1].body or {})
 
@@ -89,8 +100,9 @@ def test_conversation_gets_both_turns_in_one_version(
         assert streamed.text.rstrip().endswith("data: [DONE]")
         conv = c.get(f"/v1/conversations/{cid}").json()
         assert conv["version"] == before + 2
-        assert conv["messages"][-1]["role"] == "assistant"
-        assert conv["messages"][-1]["content"].startswith("echo:")
+        role, content = _items(c, cid)[-1]
+        assert role == "assistant"
+        assert str(content[0]["text"]).startswith("echo:")
 
 
 def test_failed_or_broken_turn_writes_nothing(keel: ServerThread, upstream: FakeUpstream) -> None:
@@ -110,9 +122,36 @@ def test_failed_or_broken_turn_writes_nothing(keel: ServerThread, upstream: Fake
         assert "event: error" in broken.text
         conv = c.get(f"/v1/conversations/{cid}").json()
         assert conv["version"] == version
-        assert conv["messages"] == []
+        assert _items(c, cid) == []
         missing = c.post(
             "/v1/chat/completions", json=chat_body("z", conversation_id="no-such-conversation")
         )
         assert missing.status_code == 404
     assert upstream.calls == 2  # the missing conversation was refused before any upstream call
+
+
+def test_openai_conversation_field_persists_items(
+    keel: ServerThread, upstream: FakeUpstream
+) -> None:
+    client = openai.OpenAI(base_url=keel.url + "/v1", api_key="unused", max_retries=0)
+    conv = client.conversations.create()
+    for ref in (conv.id, {"id": conv.id}):  # OpenAI's two spellings of `conversation`
+        client.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"conversation": ref},
+        )
+        assert "conversation" not in (upstream.requests[-1].body or {})
+    items = list(client.conversations.items.list(conv.id, order="asc"))
+    assert [(i.role, i.content[0].type) for i in items if isinstance(i, Message)] == [
+        ("user", "input_text"),
+        ("assistant", "output_text"),
+    ] * 2
+    assert (client.conversations.retrieve(conv.id).model_extra or {})["version"] == 3
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"conversation": conv.id, "conversation_id": "another"},
+        )
+    client.close()

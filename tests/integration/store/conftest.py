@@ -53,6 +53,29 @@ async def append(
     return await client.post(f"/v1/conversations/{cid}/messages", json=body, headers=headers or {})
 
 
+async def messages_of(client: httpx.AsyncClient, cid: str) -> list[dict[str, Any]]:
+    """Every live item, oldest first, as ``{id, seq, role, content}`` with the text joined."""
+    out: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"order": "asc", "limit": 200}
+    for _ in range(100):  # bounded: 20,000 items is more than any test writes
+        resp = await client.get(f"/v1/conversations/{cid}/items", params=params)
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        out += [
+            {
+                "id": i["id"],
+                "seq": i["seq"],
+                "role": i["role"],
+                "content": "".join(p["text"] for p in i["content"]),
+            }
+            for i in page["data"]
+        ]
+        if not page["has_more"]:
+            return out
+        params["after"] = page["last_id"]
+    raise AssertionError("more pages than expected")
+
+
 def metric_value(text: str, line_prefix: str) -> float:
     """The value of the first exposition line starting with ``line_prefix`` (0 if absent)."""
     for line in text.splitlines():

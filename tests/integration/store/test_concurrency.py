@@ -8,7 +8,12 @@ from collections import Counter
 
 import httpx
 
-from tests.integration.store.conftest import append, create_conversation, metric_value
+from tests.integration.store.conftest import (
+    append,
+    create_conversation,
+    messages_of,
+    metric_value,
+)
 
 
 async def test_concurrent_patches_with_the_same_if_match(client: httpx.AsyncClient) -> None:
@@ -43,12 +48,12 @@ async def test_concurrent_appends_are_sequential_without_gaps(client: httpx.Asyn
     assert versions == list(range(2, 52))  # each append bumped the version once
     seqs = sorted(r.json()["messages"][0]["seq"] for r in responses)
     assert seqs == list(range(1, 51))
-    full = (await client.get(f"/v1/conversations/{cid}")).json()
-    assert full["version"] == 51
-    assert [m["seq"] for m in full["messages"]] == list(range(1, 51))
-    assert sorted(m["content"] for m in full["messages"]) == sorted(f"m{i}" for i in range(50))
+    assert (await client.get(f"/v1/conversations/{cid}")).json()["version"] == 51
+    stored = await messages_of(client, cid)
+    assert [m["seq"] for m in stored] == list(range(1, 51))
+    assert sorted(m["content"] for m in stored) == sorted(f"m{i}" for i in range(50))
     by_seq = {r.json()["messages"][0]["seq"]: r.json()["messages"][0]["content"] for r in responses}
-    assert by_seq == {m["seq"]: m["content"] for m in full["messages"]}
+    assert by_seq == {m["seq"]: m["content"] for m in stored}
 
 
 async def test_concurrent_appends_with_one_key_have_one_effect(client: httpx.AsyncClient) -> None:
@@ -73,9 +78,8 @@ async def test_concurrent_appends_with_one_key_have_one_effect(client: httpx.Asy
     for r in responses:
         if r.status_code == 409:
             assert r.json()["code"] == "idempotency_in_progress"
-    full = (await client.get(f"/v1/conversations/{cid}")).json()
-    assert [m["content"] for m in full["messages"]] == ["once"]
-    assert full["version"] == 2
+    assert [m["content"] for m in await messages_of(client, cid)] == ["once"]
+    assert (await client.get(f"/v1/conversations/{cid}")).json()["version"] == 2
     metrics = (await client.get("/metrics")).text
     replayed = metric_value(
         metrics,

@@ -11,7 +11,7 @@ import pytest
 from app.main import create_app
 from app.settings import Settings, StoreSettings
 from tests.conftest import asgi_client
-from tests.integration.store.conftest import append, create_conversation
+from tests.integration.store.conftest import append, create_conversation, messages_of
 from tests.integration.test_foundation import assert_problem
 
 
@@ -21,19 +21,21 @@ async def test_create_read_shapes_and_etag(client: httpx.AsyncClient) -> None:
     conv = resp.json()
     assert set(conv) == {
         "id",
+        "object",
         "title",
         "metadata",
         "version",
         "created_at",
         "updated_at",
-        "messages",
     }
-    assert (conv["title"], conv["metadata"], conv["version"], conv["messages"]) == (
+    assert (conv["object"], conv["title"], conv["metadata"], conv["version"]) == (
+        "conversation",
         "Trip",
         {"a": 1},
         1,
-        [],
     )
+    assert isinstance(conv["created_at"], int)  # Unix seconds, as OpenAI's
+    assert conv["updated_at"] == conv["created_at"]
     assert resp.headers["etag"] == '"1"'
     assert resp.headers["location"] == f"/v1/conversations/{conv['id']}"
 
@@ -47,12 +49,16 @@ async def test_create_read_shapes_and_etag(client: httpx.AsyncClient) -> None:
     assert got.headers["etag"] == '"2"'
     body = got.json()
     assert body["version"] == 2
-    assert [(m["seq"], m["role"], m["content"]) for m in body["messages"]] == [
-        (1, "user", "hello"),
-        (2, "user", "world"),
+    assert "messages" not in body  # items are paged: GET .../items
+    items = await client.get(f"/v1/conversations/{conv['id']}/items", params={"order": "asc"})
+    assert items.headers["etag"] == '"2"'
+    page = items.json()
+    assert [(i["seq"], i["role"], i["content"]) for i in page["data"]] == [
+        (1, "user", [{"type": "input_text", "text": "hello"}]),
+        (2, "user", [{"type": "input_text", "text": "world"}]),
     ]
-    assert set(body["messages"][0]) == {"id", "seq", "role", "content", "created_at"}
-    assert body["created_at"].endswith("+00:00")
+    assert set(page) == {"object", "data", "first_id", "last_id", "has_more"}
+    assert set(page["data"][0]) == {"id", "type", "role", "content", "status", "seq", "created_at"}
 
 
 async def test_if_none_match_gives_304(client: httpx.AsyncClient) -> None:
@@ -73,12 +79,17 @@ async def test_each_mutation_bumps_version_exactly_once(client: httpx.AsyncClien
     assert (await append(client, conv["id"], "a", "b", "c")).json()["version"] == 2
     patched = await client.patch(url, json={"title": "t"}, headers={"If-Match": '"2"'})
     assert patched.json()["version"] == 3
-    assert patched.json()["message_count"] == 3
+    assert patched.json()["object"] == "conversation"
     same = await client.patch(url, json={"title": "t", "expected_version": 3})
     assert same.json()["version"] == 4  # an unchanged value is still a mutation
     deleted = await client.delete(url, headers={"If-Match": '"4"'})
     assert deleted.status_code == 200
-    assert deleted.json() == {"id": conv["id"], "version": 5, "deleted": True}
+    assert deleted.json() == {
+        "id": conv["id"],
+        "object": "conversation.deleted",
+        "deleted": True,
+        "version": 5,
+    }
 
 
 async def test_patch_and_delete_require_a_precondition(client: httpx.AsyncClient) -> None:
@@ -135,7 +146,8 @@ async def test_stale_if_match_is_412_and_stale_body_version_409(
         await client.patch(url, json={}, headers={"If-Match": "nonsense"}), 400, "bad_request"
     )
     got = (await client.get(url)).json()
-    assert (got["version"], got["title"], len(got["messages"])) == (4, "z", 1)
+    assert (got["version"], got["title"]) == (4, "z")
+    assert len(await messages_of(client, cid)) == 1
     metrics = (await client.get("/metrics")).text
     assert (
         'keel_version_conflicts_total{code="precondition_failed",'
@@ -174,20 +186,25 @@ async def test_deleted_conversation_is_404_everywhere(client: httpx.AsyncClient)
     assert cid not in [c["id"] for c in listed]
 
 
-async def test_list_is_cursor_paginated_and_bounded(client: httpx.AsyncClient) -> None:
+async def test_list_is_paginated_with_after_and_bounded(client: httpx.AsyncClient) -> None:
     made = [(await create_conversation(client, title=f"c{i}"))["id"] for i in range(5)]
     seen: list[str] = []
-    cursor: str | None = None
+    after: str | None = None
     for _ in range(5):
         params: dict[str, str | int] = {"limit": 2}
-        if cursor:
-            params["cursor"] = cursor
+        if after:
+            params["after"] = after
         page = (await client.get("/v1/conversations", params=params)).json()
+        assert page["object"] == "list"
         assert len(page["data"]) <= 2
         seen += [c["id"] for c in page["data"]]
-        assert {"id", "title", "metadata", "version", "message_count"} <= set(page["data"][0])
-        cursor = page["next_cursor"]
-        if cursor is None:
+        assert page["data"][0]["object"] == "conversation"
+        assert (page["first_id"], page["last_id"]) == (
+            page["data"][0]["id"],
+            page["data"][-1]["id"],
+        )
+        after = page["last_id"]
+        if not page["has_more"]:
             break
     assert seen == list(reversed(made))  # newest first, each exactly once
     assert_problem(
@@ -198,7 +215,7 @@ async def test_list_is_cursor_paginated_and_bounded(client: httpx.AsyncClient) -
     )
     assert body["limit"] == 200
     assert_problem(
-        await client.get("/v1/conversations", params={"cursor": "!!garbage"}), 400, "bad_request"
+        await client.get("/v1/conversations", params={"after": "no-such-id"}), 400, "bad_request"
     )
 
 
@@ -255,3 +272,15 @@ async def test_limits_are_configurable_and_named(
             "validation_error",
         )
         assert body["limit_name"] == "max_title_chars"
+
+
+async def test_ids_that_cannot_exist_never_reach_sql(client: httpx.AsyncClient) -> None:
+    cid = (await create_conversation(client))["id"]
+    for path in (
+        "/v1/conversations/x%00y",
+        f"/v1/conversations/{cid}/items/x%00y",
+        "/v1/conversations/" + "x" * 65,
+    ):
+        assert_problem(await client.get(path), 422, "validation_error")
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "conversation": "a\x00"}
+    assert_problem(await client.post("/v1/chat/completions", json=body), 422, "validation_error")

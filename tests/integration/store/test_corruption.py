@@ -1,5 +1,6 @@
-"""Checksums: a message altered or removed behind Keel's back is detected on every read and
-never returned; /verify reports it (SQLite and PostgreSQL)."""
+"""Checksums: an item altered behind Keel's back is detected on every read of it (pages,
+single items, deltas) and never returned; /verify also finds removed ones (SQLite and
+PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -33,21 +34,28 @@ async def test_altered_content_is_500_data_corrupted(
     sent = (await append(client, cid, "original words", "second")).json()["messages"]
     await _tamper(store_db, cid, 1, content="TAMPERED words")
 
-    resp = await client.get(f"/v1/conversations/{cid}")
+    url = f"/v1/conversations/{cid}"
+    resp = await client.get(f"{url}/items")
     body = assert_problem(resp, 500, "data_corrupted")
     for leak in ("TAMPERED", "original words", "second", "SELECT", "checksum", "Traceback"):
         assert leak not in resp.text
     assert body["retryable"] is False
-    assert_problem(
-        await client.get(f"/v1/conversations/{cid}", params={"since_version": 0}),
-        500,
-        "data_corrupted",
-    )
-    # A delta that does not include the damaged message is still served.
-    later = await client.get(f"/v1/conversations/{cid}", params={"since_version": 2})
+    for read in (
+        client.get(f"{url}/items/{sent[0]['id']}"),
+        client.get(f"{url}/items", params={"since_version": 0}),
+        client.get(url, params={"since_version": 0}),
+    ):
+        got = await read
+        assert "TAMPERED" not in got.text
+        assert_problem(got, 500, "data_corrupted")
+    # Reads that do not include the damaged item are still served.
+    assert (await client.get(f"{url}/items/{sent[1]['id']}")).status_code == 200
+    later = await client.get(f"{url}/items", params={"since_version": 2})
     assert later.status_code == 200
+    page = await client.get(f"{url}/items", params={"limit": 1})  # newest first: seq 2
+    assert page.status_code == 200
     metrics = (await client.get("/metrics")).text
-    assert metric_value(metrics, CORRUPTION) == 2
+    assert metric_value(metrics, CORRUPTION) == 4
     logged = [
         r
         for r in caplog.records
@@ -82,19 +90,24 @@ async def test_other_covered_fields_are_checked(
     other = (await create_conversation(client))["id"]
     await append(client, cid, "a", "b")
     await append(client, other, "x")
-    damaged = [cid]
+    damaged = cid
     if column == "conversation_id":  # move seq 2 of cid to the end of the other conversation
         await _tamper(store_db, cid, 2, conversation_id=other)
-        async with store_db.write() as conn:
-            await conn.execute(
-                update(conversations).where(conversations.c.id == other).values(next_seq=3)
-            )
-        damaged.append(other)  # cid has a gap; other holds a message bound to cid
+        await _next_seq(store_db, other, 3)
+        damaged = other  # cid has a gap (verify finds it); other holds an item bound to cid
     else:
         await _tamper(store_db, cid, 2, **{column: value})
-    for target in damaged:
-        assert_problem(await client.get(f"/v1/conversations/{target}"), 500, "data_corrupted")
+        await _next_seq(store_db, cid, 8)  # a moved seq stays inside the conversation
+    assert_problem(await client.get(f"/v1/conversations/{damaged}/items"), 500, "data_corrupted")
+    for target in (cid, other) if damaged == other else (cid,):
         assert (await client.post(f"/v1/conversations/{target}/verify")).json()["ok"] is False
+
+
+async def _next_seq(db: Database, cid: str, next_seq: int) -> None:
+    async with db.write() as conn:
+        await conn.execute(
+            update(conversations).where(conversations.c.id == cid).values(next_seq=next_seq)
+        )
 
 
 async def test_a_missing_message_is_detected(client: httpx.AsyncClient, store_db: Database) -> None:
@@ -104,7 +117,8 @@ async def test_a_missing_message_is_detected(client: httpx.AsyncClient, store_db
         await conn.execute(
             delete(messages).where(messages.c.conversation_id == cid, messages.c.seq == 2)
         )
-    assert_problem(await client.get(f"/v1/conversations/{cid}"), 500, "data_corrupted")
+    # Pages cannot see a hole (a deleted item leaves a tombstone, so a hole is damage):
+    # /verify checks that seqs run 1..n.
     report = (await client.post(f"/v1/conversations/{cid}/verify")).json()
     assert (report["ok"], report["missing_seqs"], report["corrupted"]) == (False, [2], [])
 
@@ -144,7 +158,7 @@ async def test_invalid_utf8_from_a_bit_flip_is_data_corrupted(
             {"b": bytes(flipped), "c": cid},
         )
 
-    resp = await client.get(f"/v1/conversations/{cid}")
+    resp = await client.get(f"/v1/conversations/{cid}/items")
     assert_problem(resp, 500, "data_corrupted")
     assert "hello" not in resp.text
     assert "world" not in resp.text

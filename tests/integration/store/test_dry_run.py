@@ -24,7 +24,8 @@ async def test_dry_runs_change_nothing(
 ) -> None:
     cid = (await create_conversation(client, title="t"))["id"]
     url = f"/v1/conversations/{cid}"
-    await append(client, cid, "first", headers={"Idempotency-Key": "done"})  # version 2
+    first = await append(client, cid, "first", headers={"Idempotency-Key": "done"})  # version 2
+    first_id = first.json()["messages"][0]["id"]
     gone = (await create_conversation(client))["id"]
     await client.delete(f"/v1/conversations/{gone}", headers={"If-Match": '"1"'})
     before = await _snapshot(client, app, store_db)
@@ -59,7 +60,26 @@ async def test_dry_runs_change_nothing(
         await client.patch(url, params=DRY, json={"title": "u"}), 428, "precondition_required"
     )
     deleted = await client.delete(url, params=DRY, headers={"If-Match": '"2"'})
-    assert deleted.json() == {"id": cid, "version": 3, "deleted": True}
+    assert deleted.json() == {
+        "id": cid,
+        "object": "conversation.deleted",
+        "deleted": True,
+        "version": 3,
+    }
+    # The Conversations API's mutations too.
+    updated = await client.post(url, params=DRY, json={"metadata": {"m": 1}, "expected_version": 2})
+    assert (updated.json()["metadata"], updated.json()["version"]) == ({"m": 1}, 3)
+    with_items = await client.post(
+        "/v1/conversations", params=DRY, json={"items": [{"role": "user", "content": "hi"}]}
+    )
+    assert with_items.status_code == 200
+    items = await client.post(
+        f"{url}/items", params=DRY, json={"items": [{"role": "user", "content": "x"}]}
+    )
+    assert (items.status_code, items.json()["data"][0]["seq"]) == (200, 2)
+    dropped = await client.delete(f"{url}/items/{first_id}", params=DRY)
+    assert (dropped.status_code, dropped.json()["version"]) == (200, 3)
+    assert_problem(await client.delete(f"{url}/items/nope", params=DRY), 404, "not_found")
 
     would = await client.post(
         f"{url}/messages",

@@ -99,9 +99,9 @@ async def test_chat_flow_appends_atomically_and_replays_without_upstream(
     assert not first.replayed
     assert (again.status_code, again.body, again.headers) == (200, first.body, first.headers)
     async with migrated_db.read() as conn:
-        full = await service.get(conn, cid)
+        full = await service.items(conn, cid, limit=10, descending=False)
     assert full.conversation.version == 2  # user + assistant: one version bump
-    assert [(m.seq, m.role) for m in full.messages] == [(1, "user"), (2, "assistant")]
+    assert [(m.seq, m.role) for m in full.items] == [(1, "user"), (2, "assistant")]
     assert metrics.idempotent_replays.labels(route=ROUTE)._value.get() == 1
 
 

@@ -1,13 +1,22 @@
-"""HTTP details of the conversations API: If-Match, If-None-Match, cursors."""
+"""HTTP details of the conversations API: If-Match, If-None-Match, item input and output."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from app.api.conversation_schemas import decode_cursor, encode_cursor, none_match, precondition
+from app.api.conversation_schemas import (
+    CreateItemsBody,
+    item_json,
+    new_messages,
+    none_match,
+    precondition,
+)
 from app.errors import BadRequest
+from app.store.conversation_models import Message, NewMessage, TextPart
 
 
 def test_if_match_parsing() -> None:
@@ -33,11 +42,73 @@ def test_if_none_match() -> None:
         assert not none_match(header, 2)
 
 
-def test_cursor_round_trip_and_garbage() -> None:
-    at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-    assert decode_cursor(encode_cursor((at, "abc"))) == (at, "abc")
-    assert encode_cursor(None) is None
-    assert decode_cursor(None) is None
-    for bad in ("!!", "bm90IGpzb24", encode_cursor((at, "x"))[:-3] + "AAA"):  # type: ignore[index]
-        with pytest.raises(BadRequest):
-            decode_cursor(bad)
+def test_items_in_plain_or_parts() -> None:
+    body = CreateItemsBody.model_validate(
+        {
+            "items": [
+                {"role": "user", "content": "plain"},
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "a"}],
+                },
+                {
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "b", "annotations": []}],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "c"},
+                        {"type": "input_text", "text": "d"},
+                    ],
+                },
+                {"role": "user", "content": [{"type": "output_text", "text": "e"}]},
+            ]
+        }
+    )
+    got = new_messages(body.items)
+    # One part of the role's own type is stored as plain text (same row, same checksum).
+    assert got[:3] == [
+        NewMessage("user", "plain"),
+        NewMessage("user", "a"),
+        NewMessage("assistant", "b"),
+    ]
+    assert got[3] == NewMessage(
+        "user", "cd", (TextPart("input_text", "c"), TextPart("input_text", "d"))
+    )
+    assert got[4].parts == (TextPart("output_text", "e"),)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"role": "user", "content": []},
+        {"role": "user", "content": [{"type": "input_image", "image_url": "x"}]},
+        {"type": "function_call", "role": "user", "content": "x"},
+        {"role": "user", "content": "x", "id": "msg_1"},
+        {
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "x", "annotations": [{}]}],
+        },
+    ],
+)
+def test_items_refused(item: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        CreateItemsBody.model_validate({"items": [item]})
+
+
+def test_item_rendering() -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    plain = Message("i1", 1, "assistant", "hi", at)
+    assert item_json(plain) == {
+        "id": "i1",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "hi", "annotations": []}],
+        "status": "completed",
+        "seq": 1,
+        "created_at": int(at.timestamp()),
+    }
+    tomb = Message("i2", 2, "user", "x", at, None, 3, 4)
+    assert item_json(tomb) == {"id": "i2", "type": "message", "seq": 2, "deleted": True}

@@ -1,0 +1,65 @@
+"""The official openai SDK wired to Keel in-process (its own httpx2 over ASGI), and direct
+access to the store the app under test uses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from app.settings import Settings
+from app.store.database import Database
+
+
+@pytest.fixture
+async def sdk(app: FastAPI) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=manager.app))
+        client = openai.AsyncOpenAI(
+            base_url="http://localhost/v1", api_key="unused", max_retries=0, http_client=http
+        )
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+@pytest.fixture
+async def db(sdk: openai.AsyncOpenAI, settings: Settings) -> AsyncIterator[Database]:
+    """The migrated store behind ``sdk``."""
+    store = Database(settings.effective_database_url, settings.store)
+    try:
+        yield store
+    finally:
+        await store.dispose()
+
+
+class StatementLog:
+    """Every SQL statement any engine sends while it listens."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        self.statements.append(statement)
+
+
+@pytest.fixture
+def statements() -> Iterator[StatementLog]:
+    log = StatementLog()
+    event.listen(Engine, "before_cursor_execute", log)
+    try:
+        yield log
+    finally:
+        event.remove(Engine, "before_cursor_execute", log)
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}

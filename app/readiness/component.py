@@ -7,7 +7,8 @@ belongs to the lifespan task group, so it is cancelled and awaited on shutdown.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +32,15 @@ class ReadinessInputs:
 
 class ReadinessComponent:
     def __init__(
-        self, *, find: FindSpec = module_installed, runtime: ModelRuntimeView | None = None
+        self,
+        *,
+        find: FindSpec = module_installed,
+        runtime: ModelRuntimeView | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.find = find
         self.runtime = runtime  # tests put a fake runtime in place of the real one here
+        self.clock = clock
 
     def __call__(self, inputs: ReadinessInputs) -> AbstractAsyncContextManager[ReadinessService]:
         return self._lifespan(inputs)
@@ -50,6 +56,7 @@ class ReadinessComponent:
             metrics=core.metrics,
             runtime=self.runtime or inputs.runtime,
             find=self.find,
+            clock=self.clock,
         )
         tasks = core.tasks
 

@@ -3,6 +3,7 @@ server), a provider in front of the fake upstream, and injectable runtime probe 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,12 @@ from app.lifecycle.manifest import load_manifest
 from app.main import Components, create_app
 from app.readiness.component import ReadinessComponent
 from app.readiness.runtime_view import RuntimeModel
+from app.runtime.component import RuntimeComponent
 from app.settings import Settings
 from tests.fakes.range_server import RangeServer
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.lifecycle.conftest import FAST_DOWNLOADS, payload, sha256
+from tests.unit.runtime.conftest import fake_argv
 
 API_KEY_ENV = "KEEL_TEST_READINESS_KEY"
 API_KEY = "sk-readiness-SECRET-0000-never-shown"
@@ -92,11 +95,16 @@ class Setup:
         values.update(overrides)
         return Settings(**values)
 
-    def app(self, settings: Settings | None = None, **lifecycle: Any) -> FastAPI:
-        parts = Components(
-            lifecycle=LifecycleComponent(**lifecycle),
-            readiness=ReadinessComponent(find=lambda m: m in self.found, runtime=self.runtime),
+    def app(
+        self,
+        settings: Settings | None = None,
+        readiness_clock: Callable[[], float] = time.monotonic,
+        **lifecycle: Any,
+    ) -> FastAPI:
+        readiness = ReadinessComponent(
+            find=lambda m: m in self.found, runtime=self.runtime, clock=readiness_clock
         )
+        parts = Components(lifecycle=LifecycleComponent(**lifecycle), readiness=readiness)
         return create_app(settings or self.settings(), parts)
 
 
@@ -111,6 +119,17 @@ def setup(
     monkeypatch.setenv(API_KEY_ENV, API_KEY)
     with RangeServer() as server, FakeUpstream() as upstream:
         yield Setup(tmp_path, data_dir, db_url, server, upstream)
+
+
+def runtime_app(harness: Any, script: dict[str, Any], **overrides: Any) -> FastAPI:
+    """The harness's app, with llama_cpp counted as installed: the fake worker stands in."""
+    settings = harness.settings(**overrides)
+    harness.install(settings)
+    parts = Components(
+        runtime=RuntimeComponent(fake_argv(**script)),
+        readiness=ReadinessComponent(find=lambda module: True),
+    )
+    return create_app(settings, parts)
 
 
 def chat(content: str = "hi") -> dict[str, Any]:

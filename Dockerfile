@@ -1,4 +1,15 @@
 # Keel: one process, SQLite under /data by default.
+
+# llama-cpp-python (the local model runtime) builds from source. GGML_NATIVE=OFF keeps the
+# build portable: without it the compiler targets the build machine's CPU and the image can
+# crash with "illegal instruction" on another host.
+FROM python:3.11-slim AS llama
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential cmake \
+ && rm -rf /var/lib/apt/lists/*
+ENV CMAKE_ARGS=-DGGML_NATIVE=OFF
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels "llama-cpp-python==0.3.36"
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,8 +26,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # builds this same layout without a Docker engine).
 COPY pyproject.toml README.md /src/
 COPY app /src/app
-RUN pip install /src \
- && rm -rf /src \
+COPY --from=llama /wheels /wheels
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgomp1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && pip install /wheels/*.whl "/src[local]" \
+ && rm -rf /src /wheels \
  && useradd --system --uid 10001 --home-dir /srv/keel --shell /usr/sbin/nologin keel \
  && mkdir -p /data /srv/keel && chown keel:keel /data
 

@@ -17,10 +17,12 @@ from app.lifecycle.manifest import load_manifest
 from app.main import create_app, default_components
 from app.readiness.component import RUNTIME_VIEW_KEY, ReadinessComponent
 from app.readiness.runtime_view import RuntimeModel
+from app.runtime.component import RuntimeComponent
 from app.settings import Settings
 from tests.fakes.range_server import RangeServer
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.lifecycle.conftest import FAST_DOWNLOADS, payload, sha256
+from tests.unit.runtime.conftest import fake_argv
 
 API_KEY_ENV = "KEEL_TEST_READINESS_KEY"
 API_KEY = "sk-readiness-SECRET-0000-never-shown"
@@ -121,6 +123,20 @@ def setup(
     monkeypatch.setenv(API_KEY_ENV, API_KEY)
     with RangeServer() as server, FakeUpstream() as upstream:
         yield Setup(tmp_path, data_dir, db_url, server, upstream)
+
+
+def runtime_app(harness: Any, script: dict[str, Any], **overrides: Any) -> FastAPI:
+    """The harness's app, with llama_cpp counted as installed: the fake worker stands in."""
+    settings = harness.settings(**overrides)
+    harness.install(settings)
+    parts: list[Any] = []
+    for c in default_components():
+        if isinstance(c, RuntimeComponent):
+            c = RuntimeComponent(fake_argv(**script))
+        elif isinstance(c, ReadinessComponent):
+            c = ReadinessComponent(find=lambda module: True)
+        parts.append(c)
+    return create_app(settings, parts)
 
 
 def chat(content: str = "hi") -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import DatabaseDep, IdempotencyDep, IdempotencyKeyDep, LifecycleDep, RuntimeDep
 from app.api.idempotency import json_stored, to_response
-from app.api.runtime import runtime_view
+from app.api.runtime import runtime_load_event, runtime_view
 from app.lifecycle.manifest import Capability
 from app.lifecycle.progress import ProgressEvent
 from app.lifecycle.storage import StorageConfig
@@ -151,11 +151,12 @@ async def cancel_job(job_id: str, lc: LifecycleDep) -> dict[str, Any]:
 
 
 @router.get("/models/{model_id}/events")
-async def model_events(model_id: str, lc: LifecycleDep) -> StreamingResponse:
-    """SSE: one ``data: {event}`` per progress event; the stream ends after ready/failed."""
+async def model_events(model_id: str, lc: LifecycleDep, runtime: RuntimeDep) -> StreamingResponse:
+    """SSE: one ``data: {event}`` per progress event; the stream ends after ready/failed.
+    While the local runtime loads the model, its load phases are the events."""
     model = lc.manager.model(model_id)
     sub = lc.hub.subscribe(model.id)  # before the snapshot, so nothing falls in between
-    first = lc.snapshot(model)
+    first = runtime_load_event(runtime, model.id) or lc.snapshot(model)
 
     async def stream() -> AsyncIterator[bytes]:
         with sub:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import RuntimeDep
 from app.errors import NotFound
+from app.lifecycle.progress import ProgressEvent
 from app.runtime.manager import RuntimeManager
 
 router = APIRouter(tags=["runtime"])
@@ -40,6 +41,17 @@ def runtime_view(runtime: RuntimeManager, view: dict[str, Any]) -> dict[str, Any
         if k in ("pid", "rss_bytes", "loaded_at", "last_used_at", "keep_alive_left_s", "phase")
     }
     return view
+
+
+def runtime_load_event(runtime: RuntimeManager, model_id: str) -> ProgressEvent | None:
+    """The current load phase as the first event of ``/events``, while a load runs."""
+    if model_id not in runtime.slots:
+        return None
+    slot = runtime.slot(model_id)
+    if slot.load_task is None or slot.load_task.done() or slot.phase is None:
+        return None
+    total = slot.spec.total_bytes
+    return ProgressEvent(model_id, None, slot.phase, None, total, total)
 
 
 def _state(runtime: RuntimeManager, model_id: str) -> dict[str, Any]:

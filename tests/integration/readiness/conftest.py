@@ -3,6 +3,7 @@ server), a provider in front of the fake upstream, and injectable runtime probe 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -95,7 +96,12 @@ class Setup:
         values.update(overrides)
         return Settings(**values)
 
-    def app(self, settings: Settings | None = None, **lifecycle: Any) -> FastAPI:
+    def app(
+        self,
+        settings: Settings | None = None,
+        readiness_clock: Callable[[], float] = time.monotonic,
+        **lifecycle: Any,
+    ) -> FastAPI:
         @asynccontextmanager
         async def attach_runtime(state: dict[str, Any]) -> AsyncIterator[None]:
             state[RUNTIME_VIEW_KEY] = self.runtime
@@ -106,7 +112,8 @@ class Setup:
             if isinstance(c, LifecycleComponent):
                 parts.append(LifecycleComponent(**lifecycle))
             elif isinstance(c, ReadinessComponent):
-                parts += [attach_runtime, ReadinessComponent(find=lambda m: m in self.found)]
+                found = ReadinessComponent(find=lambda m: m in self.found, clock=readiness_clock)
+                parts += [attach_runtime, found]
             else:
                 parts.append(c)
         return create_app(settings or self.settings(), parts)

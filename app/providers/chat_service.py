@@ -248,8 +248,9 @@ class ChatService:
                         provider=targets[1].provider, outcome=outcome
                     ).inc(),
                 )
-                if raced.winner is not None:
-                    return self._answered(raced.results[0], raced.winner, targets, cost())
+                won = raced.results[0] if raced.winner is not None else None
+                if isinstance(won, Answer) and raced.winner is not None:
+                    return self._answered(won, raced.winner, targets, cost())
                 errors.extend(r for r in raced.results if isinstance(r, KeelError))
                 index = 2 if raced.hedged else 1
             for i in range(index, len(targets)):
@@ -268,10 +269,7 @@ class ChatService:
             )
         raise _costed(self._final_error(errors), cost())
 
-    def _answered(
-        self, result: Answer | KeelError, index: int, targets: list[Target], cost: int
-    ) -> Answer:
-        assert isinstance(result, Answer)
+    def _answered(self, result: Answer, index: int, targets: list[Target], cost: int) -> Answer:
         result.attempts = cost
         if index > 0:
             self.metrics.fallbacks.labels(route=targets[0].provider).inc()

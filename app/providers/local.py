@@ -90,7 +90,7 @@ class LocalProvider:
     def __init__(self, name: str, runtime: RuntimeManager, models: list[str] | None = None):
         self.name = name
         self.runtime = runtime
-        self._models = models or runtime.model_ids("llm")
+        self._models = models or runtime.model_ids()
 
     def model_names(self) -> list[str]:
         return list(self._models)
@@ -104,6 +104,7 @@ class LocalProvider:
             raise UpstreamFailure("model_load_failed", message=exc.detail) from None
 
     async def complete(self, body: dict[str, Any], model: str, deadline: Deadline) -> Completion:
+        self._require(model, "llm")
         await self._load(model, deadline)
         text: list[str] = []
         done: dict[str, Any] = {}
@@ -144,8 +145,61 @@ class LocalProvider:
     async def open_stream(
         self, body: dict[str, Any], model: str, deadline: Deadline
     ) -> LocalStream:
+        self._require(model, "llm")
         await self._load(model, deadline)
         return LocalStream(self.runtime, model, body)
+
+    async def relay(
+        self, path: str, body: dict[str, Any], model: str, deadline: Deadline
+    ) -> Completion:
+        """``/v1/embeddings`` for models whose capability is ``embedding``."""
+        if path != "embeddings":
+            raise UpstreamFailure(status_code=404, message=f"local models do not serve {path}")
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ValidationFailed(
+                "Local embedding models take text input (a string or a list of strings).",
+                extra={"errors": [{"field": "body.input", "message": "text only"}]},
+            )
+        self._require(model, "embedding")
+        await self._load(model, deadline)
+        done: dict[str, Any] = {}
+        events = self.runtime.generate(
+            model, {"op": "embed", "input": texts}, keep_alive_s=keep_alive_seconds(body)
+        )
+        try:
+            async with deadline.bound():
+                async for msg in events:
+                    done = msg
+        except WorkerError as exc:
+            raise _failure(exc, committed=False) from None
+        finally:
+            await events.aclose()
+        prompt = int((done.get("usage") or {}).get("prompt_tokens", 0))
+        answer = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": vector}
+                for i, vector in enumerate(done.get("data") or [])
+            ],
+            "model": model,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        }
+        return Completion(json.dumps(answer).encode())
+
+    async def open_relay_stream(
+        self, path: str, body: dict[str, Any], model: str, deadline: Deadline
+    ) -> LocalStream:
+        raise UpstreamFailure(status_code=404, message=f"local models do not stream {path}")
+
+    def _require(self, model: str, capability: str) -> None:
+        have = self.runtime.slot(model).spec.capability
+        if have != capability:
+            raise ValidationFailed(
+                f"Model '{model}' is an {have} model; this endpoint needs {capability}.",
+                extra={"errors": [{"field": "body.model", "message": f"needs {capability}"}]},
+            )
 
     async def aclose(self) -> None:
         return None

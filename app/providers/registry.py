@@ -29,7 +29,9 @@ def providers_component() -> Callable[[dict[str, Any]], Any]:
             for name, cfg in settings.providers.items():
                 if cfg.kind != "openai":
                     continue  # the local runtime joins below
-                http = OpenAIHTTPProvider(name, cfg)
+                http = OpenAIHTTPProvider(
+                    name, cfg, max_retry_after_s=settings.resilience.max_throttle_s
+                )
                 providers[name] = http
                 guards[name] = build_guard(
                     name,

@@ -7,7 +7,8 @@ belongs to the lifespan task group, so it is cancelled and awaited on shutdown.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -22,8 +23,11 @@ RUNTIME_VIEW_KEY = "runtime_view"
 
 
 class ReadinessComponent:
-    def __init__(self, *, find: FindSpec = module_installed) -> None:
+    def __init__(
+        self, *, find: FindSpec = module_installed, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.find = find
+        self.clock = clock
 
     def __call__(self, state: dict[str, Any]) -> AbstractAsyncContextManager[None]:
         return self._lifespan(state)
@@ -39,6 +43,7 @@ class ReadinessComponent:
             metrics=state["metrics"],
             runtime=runtime,
             find=self.find,
+            clock=self.clock,
         )
         tasks = state["tasks"]
 

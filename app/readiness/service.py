@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -31,6 +32,8 @@ from app.readiness.reasons import REASONS, Reason, reason
 from app.readiness.runtime_view import ModelRuntimeView, RuntimeModel
 from app.settings import Settings
 from app.store.database import Database
+
+log = logging.getLogger("keel.readiness")
 
 STATUSES = ("available", "degraded", "unavailable")
 
@@ -81,9 +84,11 @@ class ReadinessService:
 
     async def _forever(self) -> None:
         while True:
-            with contextlib.suppress(Exception):  # a probe failing is a finding, not a crash
+            try:
                 await self.refresh()
                 self.report()  # keeps the readiness gauges current between scrapes
+            except Exception:  # the checks turn failures into findings; this is a bug
+                log.exception("readiness probes failed")
             await asyncio.sleep(self.cfg.refresh_interval_s)
 
     async def refresh(self) -> None:

@@ -3,6 +3,8 @@ the copied report, the token prompt, and a 360 px wide screen."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,9 +14,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from app.settings import Settings
 from tests.browser.conftest import console_errors
 from tests.fakes.servers import ServerThread
-from tests.integration.readiness.conftest import TOKEN, Setup, chat
+from tests.integration.readiness.conftest import TOKEN, Setup, chat, runtime_app
+from tests.integration.runtime.conftest import MODEL, RuntimeHarness
 
 pytestmark = pytest.mark.browser
 
@@ -153,4 +157,50 @@ def test_usable_at_360_px(browser: WebDriver, setup: Setup) -> None:
         button = browser.find_element(By.CSS_SELECTOR, '[data-action="download"]')
         assert button.is_displayed()
         assert button.rect["x"] + button.rect["width"] <= inner
+    assert console_errors(browser) == []
+
+
+def test_load_and_unload_from_the_page(
+    browser: WebDriver, tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    harness = RuntimeHarness(tmp_path, make_settings)
+    app = runtime_app(harness, {"load": "slow", "load_s": 0.5}, runtime={"keep_alive_s": 600})
+    row = f"#model-{MODEL}"
+    with ServerThread(app) as keel:
+        browser.get(f"{keel.url}/ui")
+        wait(browser, lambda d: attr(d, row, "data-state") == "installed")
+        click(browser, f'{row} [data-action="load"]')
+        wait(browser, lambda d: attr(d, row, "data-state") == "ready")
+        wait(browser, lambda d: "pid " in text(d, row))
+        assert "keep-alive" in text(browser, row)
+        click(browser, f'{row} [data-action="unload"]')
+        wait(browser, lambda d: attr(d, row, "data-state") == "installed")
+        wait(browser, lambda d: f"model:{MODEL}" in text(d, "#timeline"))
+    assert console_errors(browser) == []
+
+
+def test_a_failed_download_offers_retry_and_another_folder(
+    browser: WebDriver, setup: Setup, tmp_path: Path
+) -> None:
+    setup.model("gemma-mini", "llm", "llama_cpp")
+    setup.server.faults.statuses = [404]  # not retryable: the job fails at once
+    elsewhere = tmp_path / "elsewhere" / "models"
+    row = "#model-gemma-mini"
+    with ServerThread(setup.app()) as keel:
+        browser.get(f"{keel.url}/ui")
+        wait(browser, lambda d: attr(d, row, "data-state") == "absent")
+        click(browser, f'{row} [data-action="download"]')
+        wait(browser, lambda d: attr(d, row, "data-state") == "error")
+        assert text(browser, f'{row} [data-action="download"]') == "Retry"
+        click(browser, f'{row} [data-action="storage"]')
+        field = wait(browser, lambda d: d.find_element(By.ID, "folder-gemma-mini"))
+        assert field.get_attribute("value") == str(setup.data_dir.absolute() / "models")
+        field.clear()
+        field.send_keys(str(elsewhere))
+        assert browser.find_element(By.ID, "create-gemma-mini").is_selected()
+        click(browser, f'{row} .recover button[type="submit"]')
+        wait(browser, lambda d: attr(d, row, "data-state") == "installed")
+        storage = httpx.get(f"{keel.url}/v1/lifecycle/storage").json()
+    assert storage["root"] == str(elsewhere)
+    assert (elsewhere / "gemma-mini" / "gemma-mini.gguf").is_file()
     assert console_errors(browser) == []

@@ -154,3 +154,20 @@ def test_429_is_not_a_breaker_failure_and_sends_new_work_to_the_fallback(
     assert cloud["breaker"]["state"] == "closed"
     assert cloud["breaker"]["calls"] == 0  # neither a failure nor a success
     assert cloud["throttle"]["pauses"] == 1
+
+
+async def test_a_stream_idle_longer_than_the_providers_limit_ends_with_an_error_event(
+    chat_settings: Callable[..., Settings],
+    serve: Callable[[Settings], ServerThread],
+    upstream: FakeUpstream,
+) -> None:
+    upstream.faults.chunks = 4
+    upstream.faults.chunk_delay_s = 5.0  # the first chunk comes at once, the second never in time
+    keel = serve(chat_settings(providers={"cloud": provider(upstream.base_url, stream_idle_s=0.3)}))
+    async with httpx.AsyncClient(base_url=keel.url, timeout=10) as c:
+        resp = await c.post("/v1/chat/completions", json=chat_body(stream=True))
+    assert resp.status_code == 200
+    events = [e for e in resp.text.split("\n\n") if e.strip()]
+    assert events[0].startswith("data: {")
+    assert events[-1].startswith("event: error\n")
+    await _upstream_saw_disconnect(upstream)  # Keel hung up on the silent upstream

@@ -3,6 +3,7 @@ server), a provider in front of the fake upstream, and injectable runtime probe 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,10 +18,12 @@ from app.lifecycle.manifest import load_manifest
 from app.main import create_app, default_components
 from app.readiness.component import RUNTIME_VIEW_KEY, ReadinessComponent
 from app.readiness.runtime_view import RuntimeModel
+from app.runtime.component import RuntimeComponent
 from app.settings import Settings
 from tests.fakes.range_server import RangeServer
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.lifecycle.conftest import FAST_DOWNLOADS, payload, sha256
+from tests.unit.runtime.conftest import fake_argv
 
 API_KEY_ENV = "KEEL_TEST_READINESS_KEY"
 API_KEY = "sk-readiness-SECRET-0000-never-shown"
@@ -93,7 +96,12 @@ class Setup:
         values.update(overrides)
         return Settings(**values)
 
-    def app(self, settings: Settings | None = None, **lifecycle: Any) -> FastAPI:
+    def app(
+        self,
+        settings: Settings | None = None,
+        readiness_clock: Callable[[], float] = time.monotonic,
+        **lifecycle: Any,
+    ) -> FastAPI:
         @asynccontextmanager
         async def attach_runtime(state: dict[str, Any]) -> AsyncIterator[None]:
             state[RUNTIME_VIEW_KEY] = self.runtime
@@ -104,7 +112,8 @@ class Setup:
             if isinstance(c, LifecycleComponent):
                 parts.append(LifecycleComponent(**lifecycle))
             elif isinstance(c, ReadinessComponent):
-                parts += [attach_runtime, ReadinessComponent(find=lambda m: m in self.found)]
+                found = ReadinessComponent(find=lambda m: m in self.found, clock=readiness_clock)
+                parts += [attach_runtime, found]
             else:
                 parts.append(c)
         return create_app(settings or self.settings(), parts)
@@ -121,6 +130,20 @@ def setup(
     monkeypatch.setenv(API_KEY_ENV, API_KEY)
     with RangeServer() as server, FakeUpstream() as upstream:
         yield Setup(tmp_path, data_dir, db_url, server, upstream)
+
+
+def runtime_app(harness: Any, script: dict[str, Any], **overrides: Any) -> FastAPI:
+    """The harness's app, with llama_cpp counted as installed: the fake worker stands in."""
+    settings = harness.settings(**overrides)
+    harness.install(settings)
+    parts: list[Any] = []
+    for c in default_components():
+        if isinstance(c, RuntimeComponent):
+            c = RuntimeComponent(fake_argv(**script))
+        elif isinstance(c, ReadinessComponent):
+            c = ReadinessComponent(find=lambda module: True)
+        parts.append(c)
+    return create_app(settings, parts)
 
 
 def chat(content: str = "hi") -> dict[str, Any]:

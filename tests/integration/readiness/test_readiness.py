@@ -183,3 +183,32 @@ async def test_text_report_lists_every_check_and_no_secret(setup: Setup) -> None
     for body in (text, resp.text, str(report), diagnostics):
         assert API_KEY not in body
         assert TOKEN not in body
+
+
+async def test_probes_are_cached_for_the_ttl_then_rerun_in_the_background(
+    setup: Setup, monkeypatch: Any
+) -> None:
+    now = [1000.0]
+    calls: list[float] = []
+    real = checks.probe_database
+
+    async def counted(db: Any) -> checks.CheckResult:
+        calls.append(now[0])
+        return await real(db)
+
+    monkeypatch.setattr(checks, "probe_database", counted)
+    settings = setup.settings(readiness={"ttl_s": 5.0, "refresh_interval_s": 3600})
+    app = setup.app(settings, readiness_clock=lambda: now[0])
+    async with asgi_client(app) as client:
+        await _readiness(client)  # waits for a run
+        first = len(calls)
+        assert first >= 1
+        for _ in range(5):
+            await _readiness(client, refresh=False)
+        assert len(calls) == first  # fresh: answered from the cache
+        now[0] += 5.1
+        await _readiness(client, refresh=False)  # stale: answered at once, re-run started
+        async with asyncio.timeout(10):
+            while len(calls) == first:
+                await asyncio.sleep(0.01)
+        assert len(calls) == first + 1

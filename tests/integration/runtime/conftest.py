@@ -19,6 +19,7 @@ from tests.fakes.servers import ServerThread
 from tests.unit.runtime.conftest import fake_argv
 
 MODEL = "fake-llm"
+EMBED = "fake-embed"
 
 
 class RuntimeHarness:
@@ -29,11 +30,14 @@ class RuntimeHarness:
         self.source = tmp_path / "fake.gguf"
         self.source.write_bytes(data)
         self.manifest = tmp_path / "models.toml"
-        self.manifest.write_text(
-            f'[[models]]\nid = "{MODEL}"\nname = "Fake"\ncapability = "llm"\n'
-            f'engine = "llama_cpp"\nchat_format = "gemma"\n[[models.files]]\n'
-            f'name = "fake.gguf"\nurl = "file:///nowhere/fake.gguf"\n'
+        entry = (
+            '[[models]]\nid = "{id}"\nname = "Fake"\ncapability = "{cap}"\n'
+            'engine = "llama_cpp"\nchat_format = "gemma"\n[[models.files]]\n'
+            'name = "fake.gguf"\nurl = "file:///nowhere/fake.gguf"\n'
             f'sha256 = "{hashlib.sha256(data).hexdigest()}"\nsize = {len(data)}\n'
+        )
+        self.manifest.write_text(
+            entry.format(id=MODEL, cap="llm") + entry.format(id=EMBED, cap="embedding")
         )
         self.installed: Path | None = None
 
@@ -44,6 +48,7 @@ class RuntimeHarness:
 
     def install(self, settings: Settings) -> Path:
         self.installed = import_model(settings, MODEL, self.source)[0]
+        import_model(settings, EMBED, self.source)
         return self.installed
 
     def app(self, script: dict[str, Any] | None = None, **overrides: Any) -> FastAPI:

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.fakes.servers import ServerThread
-from tests.integration.runtime.conftest import MODEL, RuntimeHarness
+from tests.integration.runtime.conftest import EMBED, MODEL, RuntimeHarness
 from tests.unit.runtime.conftest import pid_gone
 
 Serve = Callable[..., ServerThread]
@@ -246,3 +246,15 @@ def test_unknown_models_are_404(harness: RuntimeHarness, serve: Serve, path: str
     r = httpx.post(server.url + path)
     assert r.status_code == 404
     assert r.json()["code"] == "model_not_found"
+
+
+def test_embeddings_from_a_local_embedding_model(harness: RuntimeHarness, serve: Serve) -> None:
+    server = serve(harness.app())
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    got = client.embeddings.create(model=EMBED, input=["one", "two"])
+    assert [d.index for d in got.data] == [0, 1]
+    assert got.data[0].embedding == [0.1, 0.2, 0.3]
+    r = httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL, "input": "x"})
+    assert r.status_code == 422  # an llm model does not embed
+    r = _chat(server.url, EMBED)
+    assert r.status_code == 422  # nor does an embedding model chat

@@ -37,7 +37,7 @@ from app.store.conversation_models import FieldChanges, NewMessage
 from app.store.conversations import ConversationService
 from app.store.database import Database
 from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
-from app.values import Version
+from app.values import ID_MAX, ID_PATTERN, Version
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
@@ -89,7 +89,7 @@ IfNoneMatch = Annotated[str | None, Header()]
 Order = Literal["asc", "desc"]
 # Ids are UUIDs; anything that cannot be one is refused before SQL (PostgreSQL answers a NUL in
 # text with an error, not with "no row").
-Id = Annotated[str, Path(max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Id = Annotated[str, Path(max_length=ID_MAX, pattern=ID_PATTERN)]
 Effect = Callable[[AsyncConnection, bool], Awaitable[StoredResponse]]
 
 

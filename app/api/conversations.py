@@ -24,7 +24,7 @@ from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.api import conversation_schemas as s
-from app.api.values import Version
+from app.api.values import ID_MAX, ID_PATTERN, Version
 from app.errors import PreconditionFailed, ValidationFailed, VersionConflict
 from app.observability.metrics import Metrics
 from app.store.conversation_models import FieldChanges, NewMessage
@@ -88,7 +88,7 @@ IfNoneMatch = Annotated[str | None, Header()]
 Order = Literal["asc", "desc"]
 # Ids are UUIDs; anything that cannot be one is refused before SQL (PostgreSQL answers a NUL in
 # text with an error, not with "no row").
-Id = Annotated[str, Path(max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Id = Annotated[str, Path(max_length=ID_MAX, pattern=ID_PATTERN)]
 Effect = Callable[[AsyncConnection, bool], Awaitable[StoredResponse]]
 
 

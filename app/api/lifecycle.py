@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import DatabaseDep
-from app.api.runtime import runtime_view
+from app.api.runtime import runtime_load_event, runtime_view
 from app.api.values import StoragePath
 from app.lifecycle.component import STATE_KEY
 from app.lifecycle.manifest import Capability
@@ -159,11 +159,12 @@ async def cancel_job(job_id: str, lc: LifecycleDep) -> dict[str, Any]:
 
 
 @router.get("/models/{model_id}/events")
-async def model_events(model_id: str, lc: LifecycleDep) -> StreamingResponse:
-    """SSE: one ``data: {event}`` per progress event; the stream ends after ready/failed."""
+async def model_events(model_id: str, lc: LifecycleDep, request: Request) -> StreamingResponse:
+    """SSE: one ``data: {event}`` per progress event; the stream ends after ready/failed.
+    While the local runtime loads the model, its load phases are the events."""
     model = lc.manager.model(model_id)
     sub = lc.hub.subscribe(model.id)  # before the snapshot, so nothing falls in between
-    first = lc.snapshot(model)
+    first = runtime_load_event(request, model.id) or lc.snapshot(model)
 
     async def stream() -> AsyncIterator[bytes]:
         with sub:

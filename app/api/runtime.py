@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from app.errors import NotFound
+from app.lifecycle.progress import ProgressEvent
 from app.runtime.component import STATE_KEY
 from app.runtime.manager import RuntimeManager
 
@@ -49,6 +50,18 @@ def runtime_view(request: Request, view: dict[str, Any]) -> dict[str, Any]:
         if k in ("pid", "rss_bytes", "loaded_at", "last_used_at", "keep_alive_left_s", "phase")
     }
     return view
+
+
+def runtime_load_event(request: Request, model_id: str) -> ProgressEvent | None:
+    """The current load phase as the first event of ``/events``, while a load runs."""
+    runtime: RuntimeManager | None = getattr(request.state, STATE_KEY, None)
+    if runtime is None or model_id not in runtime.slots:
+        return None
+    slot = runtime.slot(model_id)
+    if slot.load_task is None or slot.load_task.done() or slot.phase is None:
+        return None
+    total = slot.spec.total_bytes
+    return ProgressEvent(model_id, None, slot.phase, None, total, total)
 
 
 def _state(runtime: RuntimeManager, model_id: str) -> dict[str, Any]:

@@ -32,6 +32,8 @@ from app.lifecycle.service import LifecycleService
 from app.lifecycle.storage import FreeSpace, StorageRoots, disk_free
 from app.lifecycle.transport import download_transport
 from app.settings import DownloadSettings, Settings
+from app.store.database import Database
+from app.store.migrate import schema_status
 
 log = logging.getLogger("keel.lifecycle")
 
@@ -85,11 +87,13 @@ class LifecycleComponent:
         free_space: FreeSpace | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        schema_poll_s: float = 2.0,
     ) -> None:
         self.transport = transport
         self.free_space = free_space or disk_free
         self.rng = rng
         self.sleep = sleep or asyncio.sleep
+        self.schema_poll_s = schema_poll_s
 
     def __call__(self, state: dict[str, Any]) -> AbstractAsyncContextManager[None]:
         return self._lifespan(state)
@@ -102,7 +106,7 @@ class LifecycleComponent:
         pool = HashPool(ds.hash_threads, ds.chunk_bytes)
         client = download_client(ds, pool, self.transport)
         manager: DownloadManager | None = None
-        reaper: asyncio.Task[None] | None = None
+        background: list[asyncio.Task[None]] = []  # the reaper, or the wait for a migration
         try:
             jobs = JobRepository(state["db"])
             storage = StorageRoots(state["db"], settings.data_dir, self.free_space)
@@ -132,20 +136,46 @@ class LifecycleComponent:
             )
             state[STATE_KEY] = service
             state["running_jobs"] = manager.running_jobs
-            if state.get("schema_error"):
-                log.warning("database not migrated: downloads are not resumed")
-            else:
+            running = manager
+
+            async def start() -> None:
                 await storage.load()
                 await asyncio.to_thread(storage.default_root.mkdir, parents=True, exist_ok=True)
                 await asyncio.to_thread(storage.mark_roots)
-                manager.outcomes = await jobs.latest_finished()
-                await manager.resume_unfinished()
-                reaper = tasks.spawn(service.reap_forever(), name="lifecycle:reaper")
+                running.outcomes = await jobs.latest_finished()
+                await running.resume_unfinished()
+                background.append(tasks.spawn(service.reap_forever(), name="lifecycle:reaper"))
+
+            async def start_when_migrated() -> None:
+                # A replica started before `keel migrate`: /readyz turns ready once the schema
+                # is at head, and the lifecycle starts then (persisted roots, resumed jobs).
+                # Polling on purpose: the migration runs in another process, nothing here
+                # could set an Event for it.
+                while not (await _schema_current(state["db"])):  # noqa: ASYNC110
+                    await asyncio.sleep(self.schema_poll_s)
+                log.info("database migrated: starting downloads and the partial reaper")
+                await start()
+
+            if state.get("schema_error"):
+                log.warning("database not migrated: downloads resume once it is")
+                background.append(
+                    tasks.spawn(start_when_migrated(), name="lifecycle:wait-for-migration")
+                )
+            else:
+                await start()
             yield
         finally:
-            if reaper is not None:
-                reaper.cancel()
+            for task in background:
+                task.cancel()
             if manager is not None:
                 await manager.shutdown()
             await client.aclose()
             await asyncio.to_thread(pool.shutdown)
+
+
+async def _schema_current(db: Database) -> bool:
+    try:
+        return (await schema_status(db)).up_to_date
+    except Exception:  # unreachable or busy: ask again at the next poll
+        log.debug("schema check failed", exc_info=True)
+        return False

@@ -140,6 +140,13 @@ class RuntimeManager:
     def start_load(self, model_id: str) -> None:
         """``?wait=false``: the load runs on; its outcome shows in the model's state."""
 
+        slot = self.slot(model_id)
+        idle = slot.unload_task is None or slot.unload_task.done()
+        resting = slot.machine.state is not ModelState.READY
+        if idle and resting and (slot.load_task is None or slot.load_task.done()):
+            # Started here, not in the task below, so it is visible (state, /events) at once.
+            slot.load_task = asyncio.create_task(self.loader.run(slot), name=f"load:{model_id}")
+
         async def run() -> None:
             with contextlib.suppress(Exception):
                 await self.load(model_id)

@@ -98,3 +98,32 @@ async def test_requests_after_the_server_dropped_every_connection_succeed(
         )
     assert (await client.get("/v1/conversations")).status_code == 200
     assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_sqlite_locked_by_another_process_is_503_overloaded(
+    make_settings: Callable[..., Settings], db_url: str
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's file lock")
+    import sqlite3
+
+    settings = make_settings(database_url=db_url, store={"sqlite_busy_timeout_ms": 50})
+    async with asgi_client(create_app(settings)) as client:
+        cid = (await client.post("/v1/conversations", json={})).json()["id"]
+        other = sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            resp = await client.post(
+                f"/v1/conversations/{cid}/messages",
+                json={"messages": [{"role": "user", "content": "hi"}]},
+            )
+            body = assert_problem(resp, 503, "overloaded")
+            assert body["retryable"] is True
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        again = await client.post(
+            f"/v1/conversations/{cid}/messages",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert again.status_code == 201

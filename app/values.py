@@ -8,6 +8,8 @@ of which used to surface as a 500):
 - ``Text``: strings are valid Unicode (no lone surrogates, which UTF-8 cannot encode).
 - ``JsonObject`` and ``check_json``: free-form JSON (metadata, chat pass-through fields) holds
   only finite numbers, valid strings and keys, and nests at most ``MAX_JSON_DEPTH`` deep.
+- ``ID_PATTERN``/``ResourceId``: an id Keel issued is at most 64 printable characters, so
+  nothing else reaches SQL (PostgreSQL answers a NUL in text with an error, not "no row").
 - ``StoragePath``: a path the file system can hold (components and total length within the
   limits, no NUL).
 
@@ -83,10 +85,14 @@ def _storage_path(value: str) -> str:
     return value
 
 
+ID_MAX = 64
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
 DbInt = Annotated[int, Field(ge=-DB_INT_MAX - 1, le=DB_INT_MAX)]
 Version = Annotated[int, Field(ge=0, le=DB_INT_MAX)]
 Text = Annotated[str, AfterValidator(valid_text)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
+ResourceId = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
 StoragePath = Annotated[
     str, Field(min_length=1, max_length=PATH_MAX), AfterValidator(_storage_path)
 ]

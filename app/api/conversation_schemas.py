@@ -20,7 +20,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.values import VERSION_MAX, JsonObject, Text, Version
 from app.errors import BadRequest
 from app.store.conversation_models import (
     Appended,
@@ -34,6 +33,7 @@ from app.store.conversation_models import (
     TextPart,
     new_message,
 )
+from app.values import VERSION_MAX, JsonObject, Text, Version
 
 
 class _Body(BaseModel):

@@ -6,22 +6,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.lifecycle.component import STATE_KEY as LIFECYCLE
 from app.lifecycle.manifest import ModelSpec
 from app.lifecycle.progress import ProgressEvent
 from app.lifecycle.service import LifecycleService
-from app.readiness.component import RUNTIME_VIEW_KEY
 from app.readiness.runtime_view import RuntimeModel
 from app.runtime.manager import RuntimeManager
-from app.settings import Settings
+from app.store.component import Store
 
 log = logging.getLogger("keel.runtime")
 
-STATE_KEY = "runtime"
+
+@dataclass(frozen=True, slots=True)
+class RuntimeInputs:
+    store: Store
+    lifecycle: LifecycleService
 
 
 class ReadinessView:
@@ -55,10 +58,14 @@ class RuntimeComponent:
     def __init__(self, argv: Sequence[str] | None = None) -> None:
         self.argv = argv
 
+    def __call__(self, inputs: RuntimeInputs) -> AbstractAsyncContextManager[RuntimeManager]:
+        return self._lifespan(inputs)
+
     @asynccontextmanager
-    async def __call__(self, state: dict[str, Any]) -> AsyncIterator[None]:
-        settings: Settings = state["settings"]
-        lc: LifecycleService = state[LIFECYCLE]
+    async def _lifespan(self, inputs: RuntimeInputs) -> AsyncIterator[RuntimeManager]:
+        core = inputs.store.core
+        settings = core.settings
+        lc = inputs.lifecycle
 
         def locate(spec: ModelSpec) -> list[tuple[Path, str]] | None:
             plan = lc.manager.plan(spec)
@@ -77,16 +84,14 @@ class RuntimeComponent:
             settings.runtime,
             locate=locate,
             stamps_dir=settings.data_dir / "runtime" / "stamps",
-            metrics=state["metrics"],
-            timeline=state["timeline"],
+            metrics=core.metrics,
+            timeline=core.timeline,
             argv=self.argv,
             on_phase=on_phase,
         )
-        state[STATE_KEY] = manager
-        state[RUNTIME_VIEW_KEY] = ReadinessView(manager)
-        sweeper = state["tasks"].spawn(manager.sweep_forever(), name="runtime:keep-alive")
+        sweeper = core.tasks.spawn(manager.sweep_forever(), name="runtime:keep-alive")
         try:
-            yield
+            yield manager
         finally:
             sweeper.cancel()
             await manager.shutdown()

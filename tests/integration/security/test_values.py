@@ -1,5 +1,5 @@
 """Issue 12.1: input that the database, the file system or a JSON encoder refuses is a 4xx
-naming the field, never a 500. One rule per kind of value (app/api/values.py)."""
+naming the field, never a 500. One rule per kind of value (app/values.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from app.api.values import check_json
+from app.values import check_json
 from tests.integration.test_foundation import assert_problem
 
 JSON = {"content-type": "application/json"}

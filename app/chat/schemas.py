@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.api.values import ResourceId, Text, check_json
+from app.values import ResourceId, Text, check_json
 
 MAX_MESSAGES = 1000
 MAX_CONTENT_CHARS = 200_000

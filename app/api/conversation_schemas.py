@@ -33,7 +33,7 @@ from app.store.conversation_models import (
     TextPart,
     new_message,
 )
-from app.values import JsonObject, Text, Version
+from app.values import VERSION_MAX, JsonObject, Text, Version
 
 
 class _Body(BaseModel):
@@ -110,7 +110,9 @@ def precondition(if_match: str | None, expected_version: int | None) -> Precondi
     for item in items:
         strong = _STRONG_TAG.fullmatch(item)
         if strong:
-            versions.add(int(strong.group(1)))
+            version = int(strong.group(1))
+            if version <= VERSION_MAX:  # a larger tag matches no version and reaches no SQL
+                versions.add(version)
         elif not _ANY_TAG.fullmatch(item):
             raise BadRequest('If-Match must be "*" or a list of entity tags like "3".')
     if not items:

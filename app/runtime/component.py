@@ -4,11 +4,15 @@ every worker (``shutdown``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from app.lifecycle.manifest import ModelSpec
@@ -52,6 +56,36 @@ class ReadinessView:
         return out
 
 
+def _on_stop_signal(callback: Callable[[], None]) -> Callable[[], None]:
+    """Run ``callback`` in the event loop when SIGTERM/SIGINT arrive, then the server's own
+    handler (uvicorn's, which starts its graceful wait). uvicorn runs the lifespan shutdown
+    only after that wait, which an open local stream would otherwise fill. Only the main
+    thread can install handlers; elsewhere (servers in test threads) nothing changes.
+    Returns what restores the previous handlers."""
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+        chained = previous.get(signum)
+        if callable(chained):
+            chained(signum, frame)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            current = signal.getsignal(sig)
+            if callable(current):  # a server is handling it: chain, never replace
+                previous[sig] = current
+                signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, old)
+
+    return restore
+
+
 class RuntimeComponent:
     """``argv`` replaces the worker command (tests run the fake worker through it)."""
 
@@ -90,8 +124,10 @@ class RuntimeComponent:
             on_phase=on_phase,
         )
         sweeper = core.tasks.spawn(manager.sweep_forever(), name="runtime:keep-alive")
+        restore = _on_stop_signal(manager.begin_shutdown)
         try:
             yield manager
         finally:
+            restore()
             sweeper.cancel()
             await manager.shutdown()

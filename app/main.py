@@ -9,6 +9,7 @@ earlier ones yield, and closes them in reverse on shutdown; the result is one ty
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -124,6 +125,7 @@ def create_app(
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        **_NO_FRAMEWORK_TELEMETRY,
     )
     install_error_handlers(app)
     install_openapi(app, settings.store)  # lazy: documents the routes included below too
@@ -144,6 +146,16 @@ def create_app(
     app.include_router(readiness.router)
     app.include_router(ui.router)
     return app
+
+
+# FastAPI's built-in OpenTelemetry hook asks the global tracer, meter and logger providers on
+# every request whether they are configured (about 5% of the chat hot path under load). Keel
+# exports Prometheus metrics and its own logs, so the hook is switched off where FastAPI has it.
+_NO_FRAMEWORK_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def _app_from_environment() -> FastAPI:

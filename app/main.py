@@ -127,7 +127,7 @@ def create_app(
         **_NO_FRAMEWORK_TELEMETRY,
     )
     install_error_handlers(app)
-    install_openapi(app)  # lazy: documents every route included below, and later ones
+    install_openapi(app, settings.store)  # lazy: documents the routes included below too
     app.add_middleware(
         KeelMiddleware,
         metrics=metrics,

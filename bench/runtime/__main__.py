@@ -6,8 +6,9 @@ Raw: llama_cpp in a plain child process (spawn, import, load, stream). Keel: the
 ``RuntimeManager`` (verify-before-use with a matching stamp, spawn the worker, load over the
 line protocol, stream over the pipe), i.e. everything but HTTP. Same model (Gemma 3 270M Q4_K_M
 from its package), 1 thread, n_ctx 2048, greedy, same prompt. Generation runs are interleaved
-(raw, keel, keel, raw, ...) so both sides share the machine's noise; medians are reported. Targets (issue 10): cold load (spawn
-included) <= 1.5x raw, warm load <= 5 ms, tokens/s >= 90% of raw, added TTFT <= 20 ms.
+(raw, keel, keel, raw, ...) so both sides share the machine's noise; medians are reported.
+Targets (issue 10): cold load (spawn included) <= 1.5x raw, warm load <= 5 ms, tokens/s >=
+90% of raw, added TTFT <= 20 ms.
 """
 
 from __future__ import annotations

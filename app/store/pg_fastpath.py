@@ -14,7 +14,7 @@ through SQLAlchemy.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -55,7 +55,7 @@ def rowcount(status: str) -> int:
 
 async def _reraise(
     conn: AsyncConnection, adapter: Any, error: Exception, sql: str, params: Sequence[Any]
-) -> None:
+) -> NoReturn:
     dialect = conn.dialect
     dbapi_error = dialect.loaded_dbapi.Error
     translated: BaseException = error
@@ -74,7 +74,7 @@ async def _reraise(
     raise sa_exc.DBAPIError.instance(
         sql,
         params,
-        translated,  # type: ignore[arg-type]
+        translated,
         dbapi_error,
         connection_invalidated=gone,
         dialect=dialect,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 def scratch_database(url: str) -> Iterator[str]:
     """``CREATE DATABASE keel_bench_<random>`` on the server of ``url`` (whose database is
     only used to connect as admin); yields the SQLAlchemy URL of the new one."""
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     name = f"keel_bench_{uuid.uuid4().hex[:12]}"
     admin = url.replace("postgresql+asyncpg://", "postgresql://", 1)

@@ -21,8 +21,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.edge import HEADERS as EDGE_HEADERS
 from app.api.edge import EdgePolicy, Preflight, Verdict
 from app.api.problems import BodyTooLarge, problem_response
+from app.core import set_request_id
 from app.errors import BadRequest, KeelError, PayloadTooLarge, Unauthorized
 from app.errors import InternalError as InternalErrorProblem
+from app.observability.logging import request_id_var
 from app.observability.metrics import Metrics
 
 log = logging.getLogger("keel.http")
@@ -59,7 +61,10 @@ class KeelMiddleware:
         headers, repeated = _headers(scope)
         incoming = headers.get("x-request-id", "")
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        set_request_id(scope, request_id)
+        # Every log line written while this request is served carries its id (the filter in
+        # app/observability/logging.py), also from code that never sees the request.
+        serving = request_id_var.set(request_id)
         path: str = scope["path"]
         method: str = scope["method"]
         head = method == "HEAD"
@@ -139,6 +144,7 @@ class KeelMiddleware:
             self.metrics.http_in_flight.dec()
             elapsed = time.perf_counter() - started
             self._observe(scope, method, path, status, elapsed, request_id)
+            request_id_var.reset(serving)
 
     def _admit(
         self, method: str, path: str, headers: dict[str, str], repeated: bytes | None

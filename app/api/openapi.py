@@ -32,18 +32,18 @@ _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _BODY_METHODS = frozenset({"post", "put", "patch", "delete"})
 _HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
-# Statuses by area (path prefix): what the services behind those routes raise. The edge
-# (KeelMiddleware) adds its own to every operation below.
-_AREA_ERRORS: list[tuple[str, frozenset[int]]] = [
-    ("/v1/chat/", frozenset({400, 404, 409, 422, 429, 502, 503, 504})),
-    ("/v1/completions", frozenset({400, 404, 409, 422, 429, 502, 503, 504})),
-    ("/v1/embeddings", frozenset({400, 404, 409, 422, 429, 502, 503, 504})),
-    ("/v1/models", frozenset({404, 503})),
-    ("/v1/conversations", frozenset({400, 404, 409, 412, 422, 428, 503})),
-    ("/v1/lifecycle/", frozenset({400, 404, 409, 422, 502, 503, 504, 507})),
-    ("/v1/requests/", frozenset({404})),
-    ("/v1/", frozenset({503})),
-    ("/readyz", frozenset({503})),
+# Statuses by area (path prefix): what the services behind those routes raise, for every
+# method and for writes only. The edge (KeelMiddleware) adds its own to every operation.
+_INFERENCE = frozenset({400, 404, 409, 422, 429, 502, 503, 504})
+_AREA_ERRORS: list[tuple[str, frozenset[int], frozenset[int]]] = [
+    ("/v1/chat/", _INFERENCE, frozenset()),
+    ("/v1/completions", _INFERENCE, frozenset()),
+    ("/v1/embeddings", _INFERENCE, frozenset()),
+    ("/v1/models", frozenset({503}), frozenset()),
+    ("/v1/conversations", frozenset({400, 409, 422, 503}), frozenset({412, 428})),
+    ("/v1/lifecycle/", frozenset({422, 503}), frozenset({400, 404, 409, 502, 504, 507})),
+    ("/v1/", frozenset({503}), frozenset()),
+    ("/readyz", frozenset({503}), frozenset()),
 ]
 # Success statuses a route answers besides the one FastAPI saw in its decorator.
 _EXTRA_SUCCESS: list[tuple[str, str, dict[str, str]]] = [
@@ -130,9 +130,9 @@ def _error_statuses(path: str, method: str, op: dict[str, Any]) -> set[int]:
         statuses.add(401)
     if "{" in path:
         statuses.add(404)
-    for prefix, more in _AREA_ERRORS:
+    for prefix, every, writes in _AREA_ERRORS:
         if path.startswith(prefix):
-            statuses |= more
+            statuses |= every | (writes if method in _BODY_METHODS else frozenset())
             break
     return statuses
 

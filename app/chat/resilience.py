@@ -107,6 +107,10 @@ def upstream_error(exc: UpstreamFailure, deadline: Deadline, target: str) -> Kee
         )
     if exc.reason == "timeout":
         return UpstreamTimeout(f"{who} did not answer in time.")
+    if exc.reason == "bad_response":  # app/providers/upstream_checks.py
+        return UpstreamError(f"{who} answered 200 with something that is not a valid answer.")
+    if exc.reason == "stream_error":
+        return UpstreamError(f"{who} reported an error instead of an answer.")
     if status:
         return UpstreamError(f"{who} failed (HTTP {status}).", retry_after=exc.retry_after)
     return UpstreamError(f"{who} could not be reached ({exc.reason}).")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import re
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
@@ -77,11 +78,27 @@ def status_failure(resp: httpx.Response) -> DownloadFailure:
 
 
 def network_reason(exc: httpx.TransportError) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    if isinstance(exc, httpx.ConnectError):
+    """A bounded label for the log and metrics, from the root cause: some transports (aiohttp
+    under httpx) report a failed name lookup or a refused connection as ``ConnectTimeout``."""
+    cause = _root_cause(exc)
+    if isinstance(cause, socket.gaierror):
+        return "dns"
+    if isinstance(exc, httpx.ConnectError) or isinstance(cause, ConnectionRefusedError):
         return "connect_error"
+    if isinstance(exc, httpx.TimeoutException):
+        refused = isinstance(cause, OSError) and not isinstance(cause, TimeoutError)
+        return "connect_error" if isinstance(exc, httpx.ConnectTimeout) and refused else "timeout"
     return "network_error"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = 0
+    while seen < 10:  # bounded: a cycle in __cause__/__context__ must not hang us
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None:
+            break
+        exc, seen = nxt, seen + 1
+    return exc
 
 
 def disk_failure(exc: OSError) -> DownloadFailure:

@@ -130,6 +130,7 @@ class Downloader:
                     },
                 )
                 if not decision.retry:
+                    failure.attempts = state.attempt
                     raise
                 if decision.fresh:
                     paths.remove()

@@ -274,9 +274,16 @@ class DownloadManager:
                 duration=time.monotonic() - started,
             )
         except DownloadFailure as failure:
+            # Attempts that failed before reporting progress never reached the reporter.
+            record.attempt = max(record.attempt, failure.attempts)
             log.warning(
                 "download failed",
-                extra={"model": model.id, "code": failure.code, "reason": failure.reason},
+                extra={
+                    "model": model.id,
+                    "code": failure.code,
+                    "reason": failure.reason,
+                    "attempts": record.attempt,
+                },
             )
             await self._end(
                 run,
@@ -364,6 +371,7 @@ class DownloadManager:
                 "state",
                 "phase",
                 "bytes_done",
+                "attempt",
                 "error_code",
                 "error_message",
                 "error_retryable",

@@ -47,6 +47,7 @@ class DownloadFailure(Exception):
         self.retry_after = retry_after
         self.restart = restart  # the partial is unusable: the next attempt starts from zero
         self.resumed = False  # set by the downloader: did the failed attempt resume?
+        self.attempts = 1  # set by the downloader when it gives up: attempts made in all
 
 
 @dataclass(frozen=True, slots=True)

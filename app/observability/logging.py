@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from app.observability.redact import redact_text
@@ -20,6 +21,22 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "asctime",
     "color_message",  # uvicorn duplicates msg with ANSI colours
 }
+
+
+# The id of the request being served, set by the HTTP middleware; tasks started while serving
+# inherit it (asyncio copies the context), so a provider's or a job's lines carry it too.
+request_id_var: ContextVar[str | None] = ContextVar("keel_request_id", default=None)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to any record written while a request is served that lacks one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            current = request_id_var.get()
+            if current is not None:
+                record.request_id = current
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -57,6 +74,7 @@ def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_keel", False):

@@ -20,6 +20,11 @@ from typing import Any
 import httpx
 
 from app.providers.base import Completion
+from app.providers.upstream_checks import (
+    capped_retry_after,
+    completion_failure,
+    stream_event_failure,
+)
 from app.resilience.backoff import parse_retry_after
 from app.resilience.deadline import Deadline
 from app.resilience.failures import UpstreamFailure
@@ -39,9 +44,14 @@ class OpenAIHTTPProvider:
         name: str,
         settings: ProviderSettings,
         transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        max_retry_after_s: float = 60.0,
     ) -> None:
         self.name = name
         self.settings = settings
+        # A provider's Retry-After is copied to clients and honoured by backoff: Keel's own
+        # limit (``resilience.max_throttle_s``) bounds it first.
+        self.max_retry_after_s = max_retry_after_s
         headers = {"Accept-Encoding": "identity"}
         limits = httpx.Limits(
             max_connections=settings.max_concurrency,
@@ -101,7 +111,16 @@ class OpenAIHTTPProvider:
             raise _transport_failure(exc, self.name) from exc
         if resp.status_code != 200:
             raise self._status_failure(resp, resp.content)
-        return Completion(resp.content, resp.headers.get("content-type", "application/json"))
+        failure = completion_failure(
+            resp.content, "data" if path.rstrip("/").endswith("embeddings") else "choices"
+        )
+        if failure is not None:
+            log.warning(
+                "upstream answered 200 without the expected answer",
+                extra={"provider": self.name, "reason": failure.reason},
+            )
+            raise failure
+        return Completion(resp.content, "application/json")
 
     async def open_stream(
         self, body: dict[str, Any], model: str, deadline: Deadline
@@ -159,7 +178,9 @@ class OpenAIHTTPProvider:
 
     def _status_failure(self, resp: httpx.Response, content: bytes) -> UpstreamFailure:
         header = resp.headers.get("retry-after")
-        retry_after = parse_retry_after(header, time.time()) if header else None
+        retry_after = capped_retry_after(
+            parse_retry_after(header, time.time()) if header else None, self.max_retry_after_s
+        )
         log.warning(
             "upstream answered %d",
             resp.status_code,
@@ -183,6 +204,7 @@ class HTTPChatStream:
         buffer = b""
         chunks = self._resp.aiter_raw().__aiter__()
         saw_done = False
+        relayed = False  # whether an event went out: an error after that is committed
         while True:
             try:
                 async with asyncio.timeout(idle_timeout_s):
@@ -200,6 +222,15 @@ class HTTPChatStream:
                     continue
                 if event.startswith(_DONE):
                     saw_done = True
+                else:
+                    failure = stream_event_failure(event, committed=relayed)
+                    if failure is not None:
+                        log.warning(
+                            "upstream reported an error in its stream",
+                            extra={"provider": self._provider, "committed": relayed},
+                        )
+                        raise failure
+                relayed = True
                 yield event + b"\n\n"
         if not saw_done:
             raise UpstreamFailure("stream_truncated", committed=True)

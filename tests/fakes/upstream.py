@@ -36,6 +36,9 @@ class Faults:
     hang_rate: float = 0.0  # probability of never answering (until the client hangs up)
     drop_rate: float = 0.0  # stream: probability of aborting after the first chunk
     error_param: str | None = None  # the ``error.param`` an error body names
+    ok_body: bytes | None = None  # a 200 (not streamed) answers these bytes instead
+    stream_error_at: int | None = None  # stream: report an error in-band before chunk N
+    stream_error_style: str = "event"  # "event": an ``event: error``; "data": a data object
 
 
 @dataclass
@@ -188,6 +191,9 @@ class FakeUpstream:
             await _send(writer, 200, json.dumps(_text_completion(body)).encode())
             self.completed += 1
             return True
+        if f.ok_body is not None:
+            await _send(writer, 200, f.ok_body)
+            return True
         content = _answer(body)
         payload = {
             "id": "chatcmpl-fake",
@@ -225,6 +231,13 @@ class FakeUpstream:
             if drop_after is not None and i >= drop_after:
                 writer.transport.abort()
                 return False
+            if f.stream_error_at == i:
+                error = {"error": {"message": f"{MARKER} overloaded", "type": "server_error"}}
+                head = b"event: error\n" if f.stream_error_style == "event" else b""
+                writer.write(_chunk(head + f"data: {json.dumps(error)}\n\n".encode()))
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                return True
             chunk = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",

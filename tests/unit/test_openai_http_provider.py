@@ -28,11 +28,11 @@ def _deadline() -> Deadline:
 @respx.mock
 async def test_success_relays_bytes_and_rewrites_model() -> None:
     route = respx.post(f"{BASE}/chat/completions").mock(
-        return_value=httpx.Response(200, content=b'{"id":"x"}')
+        return_value=httpx.Response(200, content=b'{"id":"x","choices":[]}')
     )
     provider = _provider()
     done = await provider.complete({"model": "route", "messages": []}, "m", _deadline())
-    assert done.body == b'{"id":"x"}'
+    assert done.body == b'{"id":"x","choices":[]}'
     assert b'"model":"m"' in route.calls.last.request.content
     await provider.aclose()
 

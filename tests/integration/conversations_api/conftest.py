@@ -4,13 +4,15 @@ access to the store the app under test uses."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 import openai
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from openai.types.conversations import Message
+from openai.types.responses import EasyInputMessageParam
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -61,5 +63,23 @@ def statements() -> Iterator[StatementLog]:
         event.remove(Engine, "before_cursor_execute", log)
 
 
-def user(text: str) -> dict[str, Any]:
+def user(text: str) -> EasyInputMessageParam:
     return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+def said(role: Literal["user", "assistant"], content: Any) -> EasyInputMessageParam:
+    """An item in any shape the SDK's types allow (content as a string or parts)."""
+    return {"role": role, "content": content}
+
+
+def item_id(item: object) -> str:
+    """The id of an item the SDK parsed (typed ``str | None`` on some item kinds)."""
+    value = getattr(item, "id", None)
+    assert isinstance(value, str)
+    return value
+
+
+def text_of(item: object) -> str:
+    """The joined text of a message item's content parts."""
+    assert isinstance(item, Message)
+    return "".join(str(getattr(part, "text", "")) for part in item.content)

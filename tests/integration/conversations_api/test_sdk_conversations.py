@@ -9,12 +9,12 @@ import openai
 import pytest
 from openai.types.conversations import Conversation, ConversationDeletedResource, Message
 
-from tests.integration.conversations_api.conftest import user
+from tests.integration.conversations_api.conftest import item_id, said, text_of, user
 
 
 async def test_create_retrieve_update_delete(sdk: openai.AsyncOpenAI) -> None:
     made = await sdk.conversations.create(
-        items=[user("hello"), {"role": "assistant", "content": "hi there"}],
+        items=[user("hello"), said("assistant", "hi there")],
         metadata={"topic": "demo"},
     )
     assert isinstance(made, Conversation)
@@ -69,8 +69,8 @@ async def test_items_create_list_retrieve_delete(sdk: openai.AsyncOpenAI) -> Non
         conv.id,
         items=[
             user("one"),
-            {"role": "assistant", "content": [{"type": "output_text", "text": "two"}]},  # type: ignore[list-item]
-            {"role": "user", "content": "three"},  # plain string content, as Keel always took
+            said("assistant", [{"type": "output_text", "text": "two"}]),
+            said("user", "three"),  # plain string content, as Keel always took
         ],
     )
     assert added.object == "list"
@@ -87,7 +87,7 @@ async def test_items_create_list_retrieve_delete(sdk: openai.AsyncOpenAI) -> Non
     assert reply.content[0].type == "output_text"
     assert [(m.model_extra or {})["seq"] for m in added.data] == [1, 2, 3]
 
-    one = await sdk.conversations.items.retrieve(first.id, conversation_id=conv.id)
+    one = await sdk.conversations.items.retrieve(item_id(first), conversation_id=conv.id)
     assert isinstance(one, Message)
     assert one.id == first.id
     assert one.content[0].type == "input_text"
@@ -95,26 +95,26 @@ async def test_items_create_list_retrieve_delete(sdk: openai.AsyncOpenAI) -> Non
     newest_first = await sdk.conversations.items.list(conv.id)
     assert [m.id for m in newest_first.data] == [m.id for m in reversed(added.data)]
 
-    after_delete = await sdk.conversations.items.delete(first.id, conversation_id=conv.id)
+    after_delete = await sdk.conversations.items.delete(item_id(first), conversation_id=conv.id)
     assert isinstance(after_delete, Conversation)
     assert after_delete.id == conv.id
     assert (after_delete.model_extra or {})["version"] == 3
     with pytest.raises(openai.NotFoundError):
-        await sdk.conversations.items.retrieve(first.id, conversation_id=conv.id)
+        await sdk.conversations.items.retrieve(item_id(first), conversation_id=conv.id)
     left = [m.id async for m in sdk.conversations.items.list(conv.id, order="asc")]
     assert left == [added.data[1].id, added.data[2].id]
     with pytest.raises(openai.NotFoundError):
-        await sdk.conversations.items.delete(first.id, conversation_id=conv.id)
+        await sdk.conversations.items.delete(item_id(first), conversation_id=conv.id)
 
 
 async def test_items_page_with_after_and_limit(sdk: openai.AsyncOpenAI) -> None:
     conv = await sdk.conversations.create(items=[user(f"m{i}") for i in range(7)])
     page = await sdk.conversations.items.list(conv.id, limit=3, order="asc")
-    texts = []
+    texts: list[str] = []
     pages = 0
     while True:
         pages += 1
-        texts += [m.content[0].text for m in page.data if isinstance(m, Message)]  # type: ignore[union-attr]
+        texts += [text_of(m) for m in page.data]
         if not page.has_next_page():
             break
         page = await page.get_next_page()
@@ -122,18 +122,14 @@ async def test_items_page_with_after_and_limit(sdk: openai.AsyncOpenAI) -> None:
     assert pages == 3
     first = await sdk.conversations.items.list(conv.id, limit=3, order="asc")
     second = await sdk.conversations.items.list(
-        conv.id, limit=3, order="asc", after=first.data[-1].id
+        conv.id, limit=3, order="asc", after=item_id(first.data[-1])
     )
-    assert [m.content[0].text for m in second.data if isinstance(m, Message)] == [  # type: ignore[union-attr]
-        "m3",
-        "m4",
-        "m5",
-    ]
+    assert [text_of(m) for m in second.data] == ["m3", "m4", "m5"]
     assert second.has_more is True
 
     desc = await sdk.conversations.items.list(conv.id, limit=2)
-    older = await sdk.conversations.items.list(conv.id, limit=2, after=desc.last_id)
-    got = [m.content[0].text for m in [*desc.data, *older.data] if isinstance(m, Message)]  # type: ignore[union-attr]
+    older = await sdk.conversations.items.list(conv.id, limit=2, after=item_id(desc.data[-1]))
+    got = [text_of(m) for m in [*desc.data, *older.data]]
     assert got == ["m6", "m5", "m4", "m3"]
     all_desc = [m.id async for m in sdk.conversations.items.list(conv.id, limit=2)]
     assert len(all_desc) == 7

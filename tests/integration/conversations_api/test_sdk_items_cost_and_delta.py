@@ -14,7 +14,13 @@ from sqlalchemy import update
 from app.store import conversation_repository
 from app.store.database import Database
 from app.store.tables import messages
-from tests.integration.conversations_api.conftest import StatementLog, user
+from tests.integration.conversations_api.conftest import (
+    StatementLog,
+    item_id,
+    said,
+    text_of,
+    user,
+)
 
 
 @pytest.fixture
@@ -43,9 +49,7 @@ async def test_a_page_of_20_from_500_items_reads_a_page(
     statements.statements.clear()
 
     page = await sdk.conversations.items.list(conv.id, limit=20)
-    assert [m.content[0].text for m in page.data if isinstance(m, Message)] == [  # type: ignore[union-attr]
-        f"m{n}" for n in range(499, 479, -1)
-    ]
+    assert [text_of(m) for m in page.data] == [f"m{n}" for n in range(499, 479, -1)]
     assert page.has_more is True
     assert rows_read[0] == 21  # the page and one row to know there is more
     item_reads = [s for s in statements.statements if "FROM messages" in s]
@@ -56,7 +60,7 @@ async def test_a_page_of_20_from_500_items_reads_a_page(
 
     rows_read[0] = 0
     statements.statements.clear()
-    deeper = await sdk.conversations.items.list(conv.id, limit=20, after=page.last_id)
+    deeper = await sdk.conversations.items.list(conv.id, limit=20, after=item_id(page.data[-1]))
     assert (deeper.data[0].model_extra or {})["seq"] == 480
     assert rows_read[0] == 21
     assert len([s for s in statements.statements if "FROM messages" in s]) == 2  # cursor + page
@@ -72,7 +76,7 @@ async def test_delta_after_a_delete_shows_a_tombstone(sdk: openai.AsyncOpenAI) -
     synced = (await sdk.conversations.with_raw_response.retrieve(conv.id)).headers["etag"]
     assert synced == '"1"'
     items = (await sdk.conversations.items.list(conv.id, order="asc")).data
-    await sdk.conversations.items.delete(items[1].id, conversation_id=conv.id)
+    await sdk.conversations.items.delete(item_id(items[1]), conversation_id=conv.id)
     await sdk.conversations.items.create(conv.id, items=[user("d")])
 
     delta = await sdk.conversations.items.list(
@@ -97,19 +101,15 @@ async def test_checksums_are_verified_on_every_item_read(
     conv = await sdk.conversations.create(
         items=[
             user("fine"),
-            {
-                "role": "user",
-                "content": [
-                    {"type": "input_text", "text": "x"},
-                    {"type": "input_text", "text": "y"},
-                ],
-            },
-        ]  # type: ignore[list-item]
+            said(
+                "user", [{"type": "input_text", "text": "x"}, {"type": "input_text", "text": "y"}]
+            ),
+        ]
     )
     items = (await sdk.conversations.items.list(conv.id, order="asc")).data
-    two = await sdk.conversations.items.retrieve(items[1].id, conversation_id=conv.id)
+    two = await sdk.conversations.items.retrieve(item_id(items[1]), conversation_id=conv.id)
     assert isinstance(two, Message)
-    assert [c.text for c in two.content] == ["x", "y"]  # type: ignore[union-attr]
+    assert [getattr(c, "text", None) for c in two.content] == ["x", "y"]
     async with db.write() as conn:
         await conn.execute(
             update(messages)
@@ -117,7 +117,7 @@ async def test_checksums_are_verified_on_every_item_read(
             .values(parts=[{"type": "input_text", "text": "TAMPERED"}])
         )
     for read in (
-        sdk.conversations.items.retrieve(items[1].id, conversation_id=conv.id),
+        sdk.conversations.items.retrieve(item_id(items[1]), conversation_id=conv.id),
         sdk.conversations.items.list(conv.id),
         sdk.conversations.items.list(conv.id, extra_query={"since_version": 0}),
     ):
@@ -126,5 +126,5 @@ async def test_checksums_are_verified_on_every_item_read(
         assert isinstance(info.value.body, dict)
         assert info.value.body["code"] == "data_corrupted"
         assert "TAMPERED" not in info.value.response.text
-    fine = await sdk.conversations.items.retrieve(items[0].id, conversation_id=conv.id)
+    fine = await sdk.conversations.items.retrieve(item_id(items[0]), conversation_id=conv.id)
     assert fine.id == items[0].id

@@ -24,19 +24,20 @@ from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.api import conversation_schemas as s
-from app.api.values import Version
-from app.errors import PreconditionFailed, ValidationFailed, VersionConflict
-from app.observability.metrics import Metrics
-from app.store.conversation_models import FieldChanges, NewMessage
-from app.store.conversations import ConversationService
-from app.store.database import Database
-from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
-from app.store.idempotency_http import (
+from app.api.idempotency import (
     KEY_HEADER,
     idempotency_request,
     json_stored,
     to_response,
 )
+from app.errors import PreconditionFailed, ValidationFailed, VersionConflict
+from app.observability.metrics import Metrics
+from app.state import app_state
+from app.store.conversation_models import FieldChanges, NewMessage
+from app.store.conversations import ConversationService
+from app.store.database import Database
+from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
+from app.values import ID_MAX, ID_PATTERN, Version
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
@@ -62,7 +63,7 @@ class _Write:
 
 
 async def _store(request: Request) -> _Store:
-    st = request.state
+    st = app_state(request)
     return _Store(st.db, st.conversations, st.idempotency, st.metrics)
 
 
@@ -88,7 +89,7 @@ IfNoneMatch = Annotated[str | None, Header()]
 Order = Literal["asc", "desc"]
 # Ids are UUIDs; anything that cannot be one is refused before SQL (PostgreSQL answers a NUL in
 # text with an error, not with "no row").
-Id = Annotated[str, Path(max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Id = Annotated[str, Path(max_length=ID_MAX, pattern=ID_PATTERN)]
 Effect = Callable[[AsyncConnection, bool], Awaitable[StoredResponse]]
 
 
@@ -129,7 +130,10 @@ async def _mutate(w: _Write, effect: Effect) -> Response:
                 if stored is None:
                     stored = await effect(conn, True)
             return to_response(stored, {DRY_RUN_HEADER: "true"})
-        return to_response(await store.idempotency.run(w.key, lambda conn: effect(conn, False)))
+        stored = await store.idempotency.once(
+            w.key, lambda lease: lease.write(lambda conn: effect(conn, False))
+        )
+        return to_response(stored)
     except (VersionConflict, PreconditionFailed) as exc:
         if not w.dry_run:
             store.metrics.version_conflicts.labels(route=w.route, code=exc.code).inc()

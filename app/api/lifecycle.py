@@ -10,33 +10,24 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import DatabaseDep
-from app.api.runtime import runtime_view
-from app.api.values import StoragePath
-from app.lifecycle.component import STATE_KEY
+from app.api.deps import IdempotencyDep, IdempotencyKeyDep, LifecycleDep, RuntimeDep
+from app.api.idempotency import json_stored, to_response
+from app.api.runtime import runtime_load_event, runtime_view
 from app.lifecycle.manifest import Capability
 from app.lifecycle.progress import ProgressEvent
-from app.lifecycle.service import LifecycleService
 from app.lifecycle.storage import StorageConfig
-from app.store.database import Database
-from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
-from app.store.idempotency_http import IdempotencyDep, IdempotencyKeyDep, json_stored, to_response
+from app.store.idempotency import Idempotency, IdempotencyRequest, Lease, StoredResponse
+from app.values import StoragePath
 
 router = APIRouter(prefix="/v1/lifecycle", tags=["lifecycle"])
 
 HEARTBEAT_S = 15.0
 
 
-def get_lifecycle(request: Request) -> LifecycleService:
-    service: LifecycleService = getattr(request.state, STATE_KEY)
-    return service
-
-
-LifecycleDep = Annotated[LifecycleService, Depends(get_lifecycle)]
 DryRun = Annotated[bool, Query(description="answer what would happen; change nothing")]
 
 
@@ -58,38 +49,30 @@ class StorageRequest(BaseModel):
 
 
 @router.get("/models")
-async def list_models(lc: LifecycleDep, request: Request) -> dict[str, Any]:
-    return {"data": [runtime_view(request, v) for v in lc.list_models()]}
+async def list_models(lc: LifecycleDep, runtime: RuntimeDep) -> dict[str, Any]:
+    return {"data": [runtime_view(runtime, v) for v in lc.list_models()]}
 
 
 @router.get("/models/{model_id}")
-async def get_model(model_id: str, lc: LifecycleDep, request: Request) -> dict[str, Any]:
-    return runtime_view(request, lc.model_view(lc.manager.model(model_id)))
+async def get_model(model_id: str, lc: LifecycleDep, runtime: RuntimeDep) -> dict[str, Any]:
+    return runtime_view(runtime, lc.model_view(lc.manager.model(model_id)))
 
 
 async def _once(
     key: IdempotencyRequest | None,
     idempotency: Idempotency,
-    db: Database,
     action: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
 ) -> Response:
-    """Run ``action`` at most once per ``Idempotency-Key``: a repeat replays the first answer.
+    """``action`` at most once per ``Idempotency-Key``; a repeat replays the first answer.
+    Starting a download is not a store write (a task starts), so the key is held first."""
 
-    Starting a download is not a store write alone (a task starts), so the key is claimed
-    first, the job started, then the answer recorded; a failure releases the claim.
-    """
-    if key is None:
-        status, payload = await action()
-        return JSONResponse(payload, status_code=status)
-    got = await idempotency.begin(key)
-    if isinstance(got, StoredResponse):
-        return to_response(got)
-    async with idempotency.held(got) as claim:
+    async def work(lease: Lease) -> StoredResponse:
+        await lease.hold()
         status, payload = await action()
         stored = json_stored(status, payload)
-        async with db.write() as conn:
-            await idempotency.complete(conn, claim, stored)
-    return to_response(stored)
+        return await lease.record(stored)
+
+    return to_response(await idempotency.once(key, work))
 
 
 @router.post("/models/{model_id}/download")
@@ -98,7 +81,6 @@ async def download_model(
     lc: LifecycleDep,
     key: IdempotencyKeyDep,
     idempotency: IdempotencyDep,
-    db: DatabaseDep,
     dry_run: DryRun = False,
 ) -> Response:
     model = lc.manager.model(model_id)
@@ -110,7 +92,7 @@ async def download_model(
         job = result["jobs"][0] if result["jobs"] else None
         return (202 if job else 200), {"job": job, "model": result["models"][0]}
 
-    return await _once(key, idempotency, db, start)
+    return await _once(key, idempotency, start)
 
 
 @router.delete("/models/{model_id}/download")
@@ -126,7 +108,6 @@ async def download_bundle(
     lc: LifecycleDep,
     key: IdempotencyKeyDep,
     idempotency: IdempotencyDep,
-    db: DatabaseDep,
     dry_run: DryRun = False,
 ) -> Response:
     ids = list(dict.fromkeys(body.models))
@@ -138,7 +119,7 @@ async def download_bundle(
         result = await lc.download(models, dry_run=False)
         return (202 if result["jobs"] else 200), result
 
-    return await _once(key, idempotency, db, start)
+    return await _once(key, idempotency, start)
 
 
 @router.get("/downloads")
@@ -159,11 +140,12 @@ async def cancel_job(job_id: str, lc: LifecycleDep) -> dict[str, Any]:
 
 
 @router.get("/models/{model_id}/events")
-async def model_events(model_id: str, lc: LifecycleDep) -> StreamingResponse:
-    """SSE: one ``data: {event}`` per progress event; the stream ends after ready/failed."""
+async def model_events(model_id: str, lc: LifecycleDep, runtime: RuntimeDep) -> StreamingResponse:
+    """SSE: one ``data: {event}`` per progress event; the stream ends after ready/failed.
+    While the local runtime loads the model, its load phases are the events."""
     model = lc.manager.model(model_id)
     sub = lc.hub.subscribe(model.id)  # before the snapshot, so nothing falls in between
-    first = lc.snapshot(model)
+    first = runtime_load_event(runtime, model.id) or lc.snapshot(model)
 
     async def stream() -> AsyncIterator[bytes]:
         with sub:
@@ -197,14 +179,13 @@ async def verify_model(
     lc: LifecycleDep,
     key: IdempotencyKeyDep,
     idempotency: IdempotencyDep,
-    db: DatabaseDep,
 ) -> Response:
     model = lc.manager.model(model_id)
 
     async def verify() -> tuple[int, dict[str, Any]]:
         return 200, await lc.verify(model)
 
-    return await _once(key, idempotency, db, verify)
+    return await _once(key, idempotency, verify)
 
 
 @router.delete("/models/{model_id}")

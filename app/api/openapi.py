@@ -26,24 +26,26 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.errors import catalogue
+from app.settings import StoreSettings
+from app.store.conversation_models import ROLES
 
 PROBLEM = "application/problem+json"
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _BODY_METHODS = frozenset({"post", "put", "patch", "delete"})
 _HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
-# Statuses by area (path prefix): what the services behind those routes raise. The edge
-# (KeelMiddleware) adds its own to every operation below.
-_AREA_ERRORS: list[tuple[str, frozenset[int]]] = [
-    ("/v1/chat/", frozenset({400, 404, 409, 422, 429, 502, 503, 504})),
-    ("/v1/completions", frozenset({400, 404, 409, 422, 429, 502, 503, 504})),
-    ("/v1/embeddings", frozenset({400, 404, 409, 422, 429, 502, 503, 504})),
-    ("/v1/models", frozenset({404, 503})),
-    ("/v1/conversations", frozenset({400, 404, 409, 412, 422, 428, 503})),
-    ("/v1/lifecycle/", frozenset({400, 404, 409, 422, 502, 503, 504, 507})),
-    ("/v1/requests/", frozenset({404})),
-    ("/v1/", frozenset({503})),
-    ("/readyz", frozenset({503})),
+# Statuses by area (path prefix): what the services behind those routes raise, for every
+# method and for writes only. The edge (KeelMiddleware) adds its own to every operation.
+_INFERENCE = frozenset({400, 404, 409, 422, 429, 502, 503, 504})
+_AREA_ERRORS: list[tuple[str, frozenset[int], frozenset[int]]] = [
+    ("/v1/chat/", _INFERENCE, frozenset()),
+    ("/v1/completions", _INFERENCE, frozenset()),
+    ("/v1/embeddings", _INFERENCE, frozenset()),
+    ("/v1/models", frozenset({503}), frozenset()),
+    ("/v1/conversations", frozenset({400, 409, 422, 503}), frozenset({412, 428})),
+    ("/v1/lifecycle/", frozenset({422, 503}), frozenset({400, 404, 409, 502, 504, 507})),
+    ("/v1/", frozenset({503}), frozenset()),
+    ("/readyz", frozenset({503}), frozenset()),
 ]
 # Success statuses a route answers besides the one FastAPI saw in its decorator.
 _EXTRA_SUCCESS: list[tuple[str, str, dict[str, str]]] = [
@@ -67,7 +69,7 @@ _MEDIA: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
 }
 
 
-def install_openapi(app: FastAPI) -> None:
+def install_openapi(app: FastAPI, store: StoreSettings | None = None) -> None:
     generate: Callable[[], dict[str, Any]] = app.openapi
     cache: dict[str, Any] = {}
 
@@ -75,17 +77,19 @@ def install_openapi(app: FastAPI) -> None:
         raw = generate()  # FastAPI's own, cached until routes change
         if cache.get("raw") is not raw:
             cache["raw"] = raw
-            cache["doc"] = truthful(copy.deepcopy(raw))
+            cache["doc"] = truthful(copy.deepcopy(raw), store)
         doc: dict[str, Any] = cache["doc"]
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
-def truthful(doc: dict[str, Any]) -> dict[str, Any]:
+def truthful(doc: dict[str, Any], store: StoreSettings | None = None) -> dict[str, Any]:
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     _hoist_defs(doc, schemas)
+    if store is not None:
+        _store_rules(doc, schemas, store)
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas["Problem"] = problem_schema()
@@ -130,9 +134,9 @@ def _error_statuses(path: str, method: str, op: dict[str, Any]) -> set[int]:
         statuses.add(401)
     if "{" in path:
         statuses.add(404)
-    for prefix, more in _AREA_ERRORS:
+    for prefix, every, writes in _AREA_ERRORS:
         if path.startswith(prefix):
-            statuses |= more
+            statuses |= every | (writes if method in _BODY_METHODS else frozenset())
             break
     return statuses
 
@@ -196,3 +200,43 @@ def _hoist_defs(node: Any, schemas: dict[str, Any]) -> None:
     elif isinstance(node, list):
         for value in node:
             _hoist_defs(value, schemas)
+
+
+def _store_rules(doc: dict[str, Any], schemas: dict[str, Any], store: StoreSettings) -> None:
+    """The conversation store's rules (settings, enforced by the service) into its schemas.
+
+    Written against the body models' property names; a renamed one is skipped, not invented.
+    """
+
+    def strings(schema: dict[str, Any]) -> list[dict[str, Any]]:
+        return [s for s in [schema, *schema.get("anyOf", [])] if s.get("type") == "string"]
+
+    def arrays(schema: dict[str, Any]) -> list[dict[str, Any]]:
+        return [s for s in [schema, *schema.get("anyOf", [])] if s.get("type") == "array"]
+
+    for name, props in schemas.items():
+        if not name.endswith(
+            ("ConversationBody", "ItemIn", "MessageIn", "ItemsBody", "MessagesBody")
+        ):
+            continue
+        properties = props.get("properties", {})
+        for s in strings(properties.get("title", {})):
+            s["maxLength"] = store.max_title_chars
+        for s in strings(properties.get("content", {})):
+            s["maxLength"] = store.max_message_chars
+        for s in strings(properties.get("role", {})):
+            s["enum"] = sorted(ROLES)
+        for field in ("items", "messages"):
+            for s in arrays(properties.get(field, {})):
+                s["maxItems"] = store.max_messages_per_append
+    for path, operations in doc.get("paths", {}).items():
+        if not path.startswith("/v1/conversations"):
+            continue
+        for op in operations.values():
+            for param in op.get("parameters", []):
+                if param.get("name") == "limit" and param.get("in") == "query":
+                    param["schema"] = {
+                        **param.get("schema", {}),
+                        "minimum": 1,
+                        "maximum": store.page_limit_max,
+                    }

@@ -31,11 +31,13 @@ from app.lifecycle.progress import ProgressHub
 from app.lifecycle.service import LifecycleService
 from app.lifecycle.storage import FreeSpace, StorageRoots, disk_free
 from app.lifecycle.transport import download_transport
-from app.settings import DownloadSettings, Settings
+from app.settings import DownloadSettings
+from app.store.component import Store
+from app.store.database import Database
+from app.store.migrate import schema_status
 
 log = logging.getLogger("keel.lifecycle")
 
-STATE_KEY = "lifecycle"
 USER_AGENT = "keel/0.1 (model downloader)"
 
 
@@ -85,32 +87,33 @@ class LifecycleComponent:
         free_space: FreeSpace | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        schema_poll_s: float = 2.0,
     ) -> None:
         self.transport = transport
         self.free_space = free_space or disk_free
         self.rng = rng
         self.sleep = sleep or asyncio.sleep
+        self.schema_poll_s = schema_poll_s
 
-    def __call__(self, state: dict[str, Any]) -> AbstractAsyncContextManager[None]:
-        return self._lifespan(state)
+    def __call__(self, store: Store) -> AbstractAsyncContextManager[LifecycleService]:
+        return self._lifespan(store)
 
     @asynccontextmanager
-    async def _lifespan(self, state: dict[str, Any]) -> AsyncIterator[None]:
-        settings: Settings = state["settings"]
+    async def _lifespan(self, store: Store) -> AsyncIterator[LifecycleService]:
+        core = store.core
+        settings = core.settings
         ds = settings.downloads
         manifest = load_manifest(settings.models_manifest)
         pool = HashPool(ds.hash_threads, ds.chunk_bytes)
         client = download_client(ds, pool, self.transport)
         manager: DownloadManager | None = None
-        reaper: asyncio.Task[None] | None = None
+        background: list[asyncio.Task[None]] = []  # the reaper, or the wait for a migration
         try:
-            jobs = JobRepository(state["db"])
-            storage = StorageRoots(state["db"], settings.data_dir, self.free_space)
+            jobs = JobRepository(store.db)
+            storage = StorageRoots(store.db, settings.data_dir, self.free_space)
             hub = ProgressHub()
-            downloader = Downloader(
-                client, pool, ds, state["metrics"], sleep=self.sleep, rng=self.rng
-            )
-            tasks = state["tasks"]
+            downloader = Downloader(client, pool, ds, core.metrics, sleep=self.sleep, rng=self.rng)
+            tasks = core.tasks
 
             def spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
                 task: asyncio.Task[None] = tasks.spawn(coro, name=name)
@@ -123,29 +126,53 @@ class LifecycleComponent:
                 downloader=downloader,
                 hub=hub,
                 settings=ds,
-                metrics=state["metrics"],
-                timeline=state["timeline"],
+                metrics=core.metrics,
+                timeline=core.timeline,
                 spawn=spawn,
             )
             service = LifecycleService(
                 manager=manager, storage=storage, jobs=jobs, hub=hub, pool=pool, settings=ds
             )
-            state[STATE_KEY] = service
-            state["running_jobs"] = manager.running_jobs
-            if state.get("schema_error"):
-                log.warning("database not migrated: downloads are not resumed")
-            else:
+            running = manager
+
+            async def start() -> None:
                 await storage.load()
                 await asyncio.to_thread(storage.default_root.mkdir, parents=True, exist_ok=True)
                 await asyncio.to_thread(storage.mark_roots)
-                manager.outcomes = await jobs.latest_finished()
-                await manager.resume_unfinished()
-                reaper = tasks.spawn(service.reap_forever(), name="lifecycle:reaper")
-            yield
+                running.outcomes = await jobs.latest_finished()
+                await running.resume_unfinished()
+                background.append(tasks.spawn(service.reap_forever(), name="lifecycle:reaper"))
+
+            async def start_when_migrated() -> None:
+                # A replica started before `keel migrate`: /readyz turns ready once the schema
+                # is at head, and the lifecycle starts then (persisted roots, resumed jobs).
+                # Polling on purpose: the migration runs in another process, nothing here
+                # could set an Event for it.
+                while not (await _schema_current(store.db)):  # noqa: ASYNC110
+                    await asyncio.sleep(self.schema_poll_s)
+                log.info("database migrated: starting downloads and the partial reaper")
+                await start()
+
+            if store.schema_error:
+                log.warning("database not migrated: downloads resume once it is")
+                background.append(
+                    tasks.spawn(start_when_migrated(), name="lifecycle:wait-for-migration")
+                )
+            else:
+                await start()
+            yield service
         finally:
-            if reaper is not None:
-                reaper.cancel()
+            for task in background:
+                task.cancel()
             if manager is not None:
                 await manager.shutdown()
             await client.aclose()
             await asyncio.to_thread(pool.shutdown)
+
+
+async def _schema_current(db: Database) -> bool:
+    try:
+        return (await schema_status(db)).up_to_date
+    except Exception:  # unreachable or busy: ask again at the next poll
+        log.debug("schema check failed", exc_info=True)
+        return False

@@ -140,6 +140,13 @@ class RuntimeManager:
     def start_load(self, model_id: str) -> None:
         """``?wait=false``: the load runs on; its outcome shows in the model's state."""
 
+        slot = self.slot(model_id)
+        idle = slot.unload_task is None or slot.unload_task.done()
+        resting = slot.machine.state is not ModelState.READY
+        if idle and resting and (slot.load_task is None or slot.load_task.done()):
+            # Started here, not in the task below, so it is visible (state, /events) at once.
+            slot.load_task = asyncio.create_task(self.loader.run(slot), name=f"load:{model_id}")
+
         async def run() -> None:
             with contextlib.suppress(Exception):
                 await self.load(model_id)
@@ -263,9 +270,17 @@ class RuntimeManager:
             except Exception:
                 log.exception("keep-alive sweep failed")
 
+    def begin_shutdown(self) -> None:
+        """The server is stopping: refuse new loads and cancel every running generation now
+        (``shutdown``), so open streams end at once instead of holding the graceful wait."""
+        self._stopping = True
+        for slot in self.slots.values():
+            if slot.active is not None and slot.active.cancel("shutdown"):
+                self.metrics.cancellations.labels(reason="shutdown").inc()
+
     async def shutdown(self) -> None:
         """Cancel generations and stop every worker within the grace period."""
-        self._stopping = True
+        self.begin_shutdown()
         for task in list(self._background):
             task.cancel()
         for slot in self.slots.values():

@@ -21,6 +21,8 @@ _UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
 # 42P01 undefined table, 42703 undefined column: the schema is behind the code.
 _SCHEMA_STATES = ("42P01", "42703")
 _SQLITE_SCHEMA = ("no such table", "no such column")
+# Another process held SQLite's write lock for longer than busy_timeout.
+_SQLITE_BUSY = ("database is locked", "database is busy")
 
 
 def translate(exc: BaseException) -> KeelError | None:
@@ -33,19 +35,26 @@ def translate(exc: BaseException) -> KeelError | None:
         state = _sqlstate(exc)
         if state is not None and state.startswith(_SCHEMA_STATES):
             return _schema_not_ready()
-        if isinstance(exc, sa_exc.OperationalError) and any(
-            marker in str(exc.orig) for marker in _SQLITE_SCHEMA
-        ):
-            return _schema_not_ready()
+        sqlite_error = _sqlite(str(exc.orig)) if isinstance(exc, sa_exc.OperationalError) else None
+        if sqlite_error is not None:
+            return sqlite_error
         if exc.connection_invalidated or (
             state is not None and state.startswith(_UNAVAILABLE_STATES)
         ):
             return _unavailable()
         return None
     if isinstance(exc, sqlite3.OperationalError):  # raw, from the SQLite fast path
-        return _schema_not_ready() if any(m in str(exc) for m in _SQLITE_SCHEMA) else None
+        return _sqlite(str(exc))
     if isinstance(exc, ConnectionError):  # refused or reset while connecting
         return _unavailable()
+    return None
+
+
+def _sqlite(message: str) -> KeelError | None:
+    if any(marker in message for marker in _SQLITE_SCHEMA):
+        return _schema_not_ready()
+    if any(marker in message for marker in _SQLITE_BUSY):
+        return Overloaded("The store is busy with another writer; retry shortly.", retry_after=1)
     return None
 
 

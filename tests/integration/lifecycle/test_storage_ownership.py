@@ -157,3 +157,29 @@ async def test_the_reaper_leaves_an_unmarked_root_alone(harness: Harness, tmp_pa
     assert reap_stale_partials([root], set(), time.time()) == 0  # no marker: not Keel's root
     (root / ROOT_MARKER).write_text("{}")
     assert reap_stale_partials([root], set(), time.time()) == 2
+
+
+async def test_a_replica_started_before_migration_starts_its_lifecycle_once_migrated(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Persisted roots are loaded and unfinished jobs resumed when the schema reaches head,
+    without a restart (the replica was started before `keel migrate`)."""
+    from app.store.database import Database
+    from app.store.migrate import upgrade_to_head
+
+    harness.model("tiny", payload(SIZE))
+    settings = harness.settings().model_copy(update={"auto_migrate": False})
+    app = harness.app(settings, schema_poll_s=0.05)
+    async with asgi_client(app) as client:
+        assert not (harness.data_dir / "models" / ROOT_MARKER).exists()
+        listed = await client.get("/v1/lifecycle/models")
+        assert listed.json()["data"][0]["state"] == "absent"
+        db = Database(harness.db_url)
+        try:
+            await upgrade_to_head(db)
+        finally:
+            await db.dispose()
+        await wait_for(lambda: (harness.data_dir / "models" / ROOT_MARKER).is_file())
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.post("/v1/lifecycle/models/tiny/download")).status_code == 202
+        assert (await wait_state(client, "tiny", {"installed", "error"}))["state"] == "installed"

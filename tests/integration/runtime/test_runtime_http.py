@@ -258,3 +258,17 @@ def test_embeddings_from_a_local_embedding_model(harness: RuntimeHarness, serve:
     assert r.status_code == 422  # an llm model does not embed
     r = _chat(server.url, EMBED)
     assert r.status_code == 422  # nor does an embedding model chat
+
+
+def test_load_phases_on_the_events_stream(harness: RuntimeHarness, serve: Serve) -> None:
+    server = serve(harness.app({"load": "slow", "load_s": 1.5}))
+    assert (
+        httpx.post(f"{server.url}/v1/lifecycle/models/{MODEL}/load?wait=false").status_code == 202
+    )
+    phases: list[str] = []
+    with httpx.stream("GET", f"{server.url}/v1/lifecycle/models/{MODEL}/events", timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                phases.append(json.loads(line.removeprefix("data: "))["phase"])
+    assert phases[-1] == "ready"
+    assert "reading" in phases  # the worker's own progress, relayed while it loads

@@ -3,15 +3,15 @@ connection pool, a connection the server terminated; /readyz says which (Postgre
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from app.errors import DatabaseUnavailable
-from app.main import create_app, default_components
+from app.main import create_app
 from app.settings import Settings
 from app.store.database import Database
 from tests.conftest import asgi_client
@@ -32,17 +32,10 @@ async def test_pool_exhaustion_is_503_overloaded_and_readyz_says_so(
         database_url=postgres_url,
         store={"pool_size": 1, "pool_max_overflow": 0, "pool_timeout_s": 0.2},
     )
-    captured: dict[str, Any] = {}
-
-    @asynccontextmanager
-    async def capture(state: Any) -> AsyncIterator[None]:
-        captured["db"] = state["db"]
-        yield
-
-    app = create_app(settings, components=[*default_components(), capture])
-    async with asgi_client(app) as client:
+    running = asgi_client(create_app(settings))
+    async with running as client:
         assert (await client.post("/v1/conversations", json={})).status_code == 201
-        db: Database = captured["db"]
+        db = running.state.db
         async with AsyncExitStack() as held:
             await held.enter_async_context(db.engine.connect())  # the pool's only connection
             for resp in (
@@ -98,3 +91,32 @@ async def test_requests_after_the_server_dropped_every_connection_succeed(
         )
     assert (await client.get("/v1/conversations")).status_code == 200
     assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_sqlite_locked_by_another_process_is_503_overloaded(
+    make_settings: Callable[..., Settings], db_url: str
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's file lock")
+    import sqlite3
+
+    settings = make_settings(database_url=db_url, store={"sqlite_busy_timeout_ms": 50})
+    async with asgi_client(create_app(settings)) as client:
+        cid = (await client.post("/v1/conversations", json={})).json()["id"]
+        other = sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            resp = await client.post(
+                f"/v1/conversations/{cid}/messages",
+                json={"messages": [{"role": "user", "content": "hi"}]},
+            )
+            body = assert_problem(resp, 503, "overloaded")
+            assert body["retryable"] is True
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        again = await client.post(
+            f"/v1/conversations/{cid}/messages",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert again.status_code == 201

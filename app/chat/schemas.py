@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.api.values import check_json
+from app.values import ResourceId, Text, check_json
 
 MAX_MESSAGES = 1000
 MAX_CONTENT_CHARS = 200_000
@@ -17,11 +17,10 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     # Text, or the list-of-parts form (images, audio) that providers accept as is.
-    content: str | list[dict[str, Any]] | None = Field(default=None)
+    content: Text | list[dict[str, Any]] | None = Field(default=None)
 
 
-# A stored conversation's id: printable, so it never reaches SQL with a NUL in it.
-ConversationId = Annotated[str, Field(max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ConversationId = ResourceId
 
 
 class ConversationRef(BaseModel):

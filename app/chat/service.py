@@ -16,10 +16,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from app.chat import hedge
+from app.chat.records import ChatRecords
 from app.chat.resilience import to_catalogue, upstream_error
+from app.chat.targets import Target, TargetResolver
+from app.chat.turn import ChatCall, Reply, answer
 from app.errors import (
     CapabilityUnavailable,
     CircuitOpen,
@@ -31,13 +34,15 @@ from app.errors import (
 )
 from app.observability.metrics import Metrics
 from app.providers.base import ChatStream, Completion, Provider, RelayProvider
-from app.providers.router import ModelRouter, Target
 from app.resilience.clock import Clock, MonotonicClock
 from app.resilience.deadline import Deadline
 from app.resilience.errors import DeadlinePassed, ResilienceError
 from app.resilience.failures import UpstreamFailure
 from app.resilience.guard import ProviderGuard
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from starlette.types import Receive
 
 log = logging.getLogger("keel.chat")
 
@@ -87,18 +92,30 @@ class ChatService:
     def __init__(
         self,
         settings: Settings,
-        router: ModelRouter,
+        targets: TargetResolver,
         providers: dict[str, Provider],
         guards: dict[str, ProviderGuard],
         metrics: Metrics,
         clock: Clock | None = None,
+        records: ChatRecords | None = None,
     ) -> None:
         self.settings = settings
-        self.router = router
+        self.targets = targets
         self.providers = providers
         self.guards = guards
         self.metrics = metrics
         self.clock = clock or MonotonicClock()
+        self.records = records
+
+    async def check_conversation(self, conversation_id: str) -> None:
+        """Fail before spending an upstream call on a conversation that does not exist."""
+        assert self.records is not None
+        await self.records.check_conversation(conversation_id)
+
+    async def answer(self, call: ChatCall, receive: Receive) -> Reply:
+        """The whole turn (``app/chat/turn.py``): deadline, idempotency, answer, record."""
+        assert self.records is not None, "built without records (unit tests call complete())"
+        return await answer(self, self.records, call, receive)
 
     def deadline_for(self, targets: list[Target], requested_s: float | None) -> Deadline:
         """The route's default (its first target's ``timeout_s``, else the global default),
@@ -112,7 +129,7 @@ class ChatService:
 
     def relay_targets(self, model: str, path: str | None) -> list[Target]:
         """``model``'s targets that can serve ``path`` (``None``: chat, which all can)."""
-        targets = self.router.resolve(model)
+        targets = self.targets.resolve(model)
         if path is None:
             return targets
         able = [t for t in targets if isinstance(self.providers.get(t.provider), RelayProvider)]
@@ -205,7 +222,7 @@ class ChatService:
         if len(targets) < 2:
             return None
         for route, delay in self.settings.resilience.hedge.items():
-            if self.router.routes.get(route) == targets:
+            if self.targets.routes.get(route) == targets:
                 if delay != "p95":
                     return delay
                 guard = self.guards[targets[0].provider]

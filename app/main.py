@@ -1,19 +1,20 @@
 """The application factory and its lifespan, which owns every long-lived resource.
 
-``uvicorn app.main:app`` serves the module-level app built from the environment. Components
-(store sweepers, providers, the download manager) are async context managers entered in order
-by the lifespan and closed in reverse on shutdown; each puts what handlers need into the
-lifespan state, which reaches routes through the dependencies in ``app/api/deps.py``.
+``uvicorn --factory app.main:create_app`` builds the app from the environment when called;
+``app.main:app`` still works, built on first access, so importing this module reads nothing.
+The lifespan enters the components (store, lifecycle, chat) in order, each built from what the
+earlier ones yield, and closes them in reverse on shutdown; the result is one typed
+``AppState`` (``app/state.py``) that routes reach through ``app/api/deps.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gc
+import inspect
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,92 +26,97 @@ from app.api.edge import EdgePolicy
 from app.api.middleware import KeelMiddleware
 from app.api.openapi import install_openapi
 from app.api.problems import install_error_handlers
+from app.chat.component import Chat, ChatComponent, ChatInputs
+from app.core import Component, Core, TaskGroup
 from app.lifecycle.component import LifecycleComponent
+from app.lifecycle.service import LifecycleService
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
-from app.providers.registry import providers_component
-from app.readiness.component import ReadinessComponent
-from app.runtime.component import RuntimeComponent
+from app.readiness.component import ReadinessComponent, ReadinessInputs
+from app.readiness.service import ReadinessService
+from app.runtime.component import ReadinessView, RuntimeComponent, RuntimeInputs
+from app.runtime.manager import RuntimeManager
 from app.settings import ConfigError, Settings, load_settings
-from app.store.component import store_services
-from app.store.database import Database
-from app.store.migrate import schema_status, upgrade_to_head
+from app.state import AppState, lifespan_state
+from app.store.component import Store, store_component
 
 log = logging.getLogger("keel")
 
-State = dict[str, Any]
-"""Lifespan state. Keys: settings, metrics, timeline, db, tasks, plus each component's own."""
 
-Component = Callable[[State], AbstractAsyncContextManager[None]]
+@dataclass(frozen=True, slots=True)
+class Components:
+    """The parts the lifespan enters, in this order; tests swap one with ``replace()``."""
 
-
-@asynccontextmanager
-async def _store(state: State) -> AsyncIterator[None]:
-    settings: Settings = state["settings"]
-    db = Database(settings.effective_database_url, settings.store)
-    state["db"] = db
-    state["schema_error"] = None
-    try:
-        if settings.auto_migrate:
-            await upgrade_to_head(db)
-        else:
-            status = await schema_status(db)
-            if not status.up_to_date:
-                state["schema_error"] = "database schema is not migrated; run `keel migrate`"
-                log.warning("database schema is behind; serving /readyz 503 until migrated")
-        yield
-    finally:
-        await db.dispose()
-
-
-def default_components() -> list[Component]:
-    return [
-        _store,
-        store_services,
-        LifecycleComponent(),
-        RuntimeComponent(),
-        providers_component(),
-        ReadinessComponent(),
-    ]
+    store: Component[Core, Store] = store_component
+    lifecycle: Component[Store, LifecycleService] = field(default_factory=LifecycleComponent)
+    runtime: Component[RuntimeInputs, RuntimeManager] = field(default_factory=RuntimeComponent)
+    chat: Component[ChatInputs, Chat] = field(default_factory=ChatComponent)
+    readiness: Component[ReadinessInputs, ReadinessService] = field(
+        default_factory=ReadinessComponent
+    )
 
 
 def create_app(
-    settings: Settings | None = None, components: list[Component] | None = None
+    settings: Settings | None = None,
+    components: Components | None = None,
+    *,
+    on_ready: Callable[[], None] | None = None,
 ) -> FastAPI:
+    """Build the app (from the environment when ``settings`` is None). ``on_ready`` runs once
+    every component is up, before the first request (``keel serve`` tunes the GC there)."""
     if settings is None:
         settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
     metrics = Metrics()
     timeline = Timeline(settings.timeline_size)
-    parts = default_components() if components is None else components
+    parts = components or Components()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        state: State = {"settings": settings, "metrics": metrics, "timeline": timeline}
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, AppState]]:
+        tasks = TaskGroup()
+        core = Core(settings, metrics, timeline, tasks)
         async with AsyncExitStack() as stack:
-            # Every background task lives in this group. It is closed first on the way out
-            # (registered after the components), so no task outlives the engine or clients.
-            tasks = _TaskGroup()
-            state["tasks"] = tasks
             try:
-                for component in parts:
-                    await stack.enter_async_context(component(state))
+                store = await stack.enter_async_context(parts.store(core))
+                lifecycle = await stack.enter_async_context(parts.lifecycle(store))
+                runtime = await stack.enter_async_context(
+                    parts.runtime(RuntimeInputs(store, lifecycle))
+                )
+                chat_parts = await stack.enter_async_context(parts.chat(ChatInputs(store, runtime)))
+                ready = await stack.enter_async_context(
+                    parts.readiness(
+                        ReadinessInputs(store, lifecycle, chat_parts.guards, ReadinessView(runtime))
+                    )
+                )
             except BaseException:
-                await tasks.__aexit__(None, None, None)
+                await tasks.aclose()
                 raise
-            stack.push_async_exit(tasks)
-            # Everything built so far lives as long as the process: move it out of the
-            # collector's generations so collections under load only scan request garbage.
-            gc.collect()
-            gc.freeze()
-            # Each request allocates a few hundred container objects; the default gen-0
-            # threshold (700) ran a collection every couple of requests at load.
-            gc.set_threshold(10_000, 20, 20)
+            # Every background task lives in this group. It is closed first on the way out
+            # (registered last), so no task outlives the engine or the clients.
+            stack.push_async_callback(tasks.aclose)
+            state = AppState(
+                settings=settings,
+                metrics=metrics,
+                timeline=timeline,
+                tasks=tasks,
+                db=store.db,
+                schema_error=store.schema_error,
+                idempotency=store.idempotency,
+                conversations=store.conversations,
+                lifecycle=lifecycle,
+                runtime=runtime,
+                chat=chat_parts.service,
+                chat_records=chat_parts.records,
+                guards=chat_parts.guards,
+                readiness=ready,
+            )
+            if on_ready is not None:
+                on_ready()
             log.info(
                 "keel ready", extra={"database": settings.effective_database_url.split("://", 1)[0]}
             )
-            yield state
+            yield lifespan_state(state)
             log.info("keel shutting down")
 
     app = FastAPI(
@@ -119,10 +125,8 @@ def create_app(
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        **_NO_FRAMEWORK_TELEMETRY,
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.timeline = timeline
     install_error_handlers(app)
     install_openapi(app)  # lazy: documents every route included below, and later ones
     app.add_middleware(
@@ -144,34 +148,14 @@ def create_app(
     return app
 
 
-class _TaskGroup:
-    """An asyncio.TaskGroup whose exit cancels what is still running instead of waiting."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Any, *, name: str | None = None) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "background task failed", exc_info=task.exception(), extra={"task": task.get_name()}
-            )
-
-    async def __aenter__(self) -> _TaskGroup:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        pending = list(self._tasks)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+# FastAPI's built-in OpenTelemetry hook asks the global tracer, meter and logger providers on
+# every request whether they are configured (about 5% of the chat hot path under load). Keel
+# exports Prometheus metrics and its own logs, so the hook is switched off where FastAPI has it.
+_NO_FRAMEWORK_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def _app_from_environment() -> FastAPI:
@@ -182,4 +166,13 @@ def _app_from_environment() -> FastAPI:
         raise SystemExit(2) from None
 
 
-app = _app_from_environment()
+_compat: dict[str, FastAPI] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """``app.main:app`` for compatibility: built from the environment on first access only."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if "app" not in _compat:
+        _compat["app"] = _app_from_environment()
+    return _compat["app"]

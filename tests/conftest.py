@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
+from app.state import AppState, state_of
 from tests.fakes.servers import ServerThread
 
 PG_URL = os.environ.get("KEEL_TEST_DATABASE_URL")
@@ -95,6 +96,11 @@ class asgi_client:  # reads as a context-manager function at call sites
     async def __aexit__(self, *exc: object) -> None:
         await self.client.aclose()
         await self.manager.__aexit__(None, None, None)
+
+    @property
+    def state(self) -> AppState:
+        """The running app's typed lifespan state."""
+        return state_of(self.manager._state)
 
 
 @pytest.fixture

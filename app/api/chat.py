@@ -5,16 +5,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from app.api.chat_schemas import MAX_CONTENT_CHARS, ChatRequest, content_chars
+from app.api.deps import ChatDep
+from app.api.idempotency import idempotency_request, to_response
 from app.api.problems import error_event
-from app.api.sse import ClientDisconnected, EventStreamResponse, until_disconnect
+from app.chat.records import (
+    ChatRecords,
+    StreamTranscript,
+    completion_text,
+    new_user_turns,
+)
+from app.chat.relay import ClientDisconnected, EventStreamResponse, until_disconnect
+from app.chat.schemas import MAX_CONTENT_CHARS, ChatRequest, content_chars
+from app.chat.service import Answer
+from app.chat.targets import Target
+from app.core import request_id as request_id_of
 from app.errors import (
     DeadlineExceeded,
     KeelError,
@@ -24,34 +35,18 @@ from app.errors import (
     ValidationFailed,
 )
 from app.observability.metrics import Metrics
-from app.providers.chat_records import (
-    ChatRecords,
-    StreamTranscript,
-    completion_text,
-    new_user_turns,
-)
-from app.providers.chat_service import Answer, ChatService
 from app.providers.local import LocalProvider
-from app.providers.router import Target
 from app.resilience.failures import UpstreamFailure
 from app.runtime.slot import current_request_id
+from app.state import app_state
 from app.store.conversation_models import NewMessage
 from app.store.idempotency import Claim, IdempotencyRequest, StoredResponse
-from app.store.idempotency_http import idempotency_request, to_response
 
 router = APIRouter(tags=["chat"])
 log = logging.getLogger("keel.chat")
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody receives it, the metrics and log do
 _DONE = b"data: [DONE]"
-
-
-async def get_chat(request: Request) -> ChatService:
-    chat: ChatService = request.state.chat
-    return chat
-
-
-ChatDep = Annotated[ChatService, Depends(get_chat)]
 
 
 def _timeout_header(value: str | None) -> float | None:
@@ -105,10 +100,10 @@ async def chat_completions(request: Request) -> Response:
     parameter on each call, which measured at a third of Keel's own cost per completion
     (docs/benchmarks.md). The body is validated by pydantic-core directly, with the same
     422 problem as everywhere else."""
-    state = request.state
-    chat: ChatService = state.chat
-    records: ChatRecords = state.chat_records
-    request_id: str = state.request_id
+    state = app_state(request)
+    chat = state.chat
+    records = state.chat_records
+    request_id = request_id_of(request.scope) or ""
     current_request_id.set(request_id)  # lets POST /v1/requests/{id}/cancel find a local run
     payload = _parse(await request.body())
     key = await idempotency_request(request)
@@ -118,7 +113,7 @@ async def chat_completions(request: Request) -> Response:
                 f"Message {i} exceeds {MAX_CONTENT_CHARS} characters.",
                 extra={"limit": MAX_CONTENT_CHARS, "field": f"body.messages.{i}.content"},
             )
-    targets = chat.router.resolve(payload.model)
+    targets = chat.targets.resolve(payload.model)
     # Forward what the client sent, minus Keel's own extension fields.
     body: dict[str, Any] = payload.model_dump(
         exclude_unset=True, exclude={"conversation_id", "conversation"}
@@ -146,11 +141,11 @@ async def answer_and_render(
     """From a parsed request to its response: deadline, idempotency claim, the answer under
     the guard, what the turn leaves behind. Chat and the relayed endpoints (``path``:
     ``embeddings``, ``completions``) share it."""
-    state = request.state
-    chat: ChatService = state.chat
-    records: ChatRecords = state.chat_records
-    metrics: Metrics = state.metrics
-    request_id: str = state.request_id
+    state = app_state(request)
+    chat = state.chat
+    records = state.chat_records
+    metrics = state.metrics
+    request_id = request_id_of(request.scope) or ""
     turns = turns or []
     deadline = chat.deadline_for(targets, _timeout_header(request.headers.get("x-request-timeout")))
     claim: Claim | None = None
@@ -272,9 +267,9 @@ async def _relay(
 async def list_models(chat: ChatDep) -> dict[str, Any]:
     data = [
         _model_entry(name, [t.id for t in targets], "route")
-        for name, targets in chat.router.routes.items()
+        for name, targets in chat.targets.routes.items()
     ]
-    for t in chat.router.direct_targets():
+    for t in chat.targets.direct_targets():
         provider = chat.providers.get(t.provider)
         if isinstance(provider, LocalProvider):
             if provider.runtime.installed(t.model):  # installed local models, by their id
@@ -286,10 +281,10 @@ async def list_models(chat: ChatDep) -> dict[str, Any]:
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, chat: ChatDep) -> dict[str, Any]:
-    routes = chat.router.routes
+    routes = chat.targets.routes
     if model_id in routes:
         return _model_entry(model_id, [t.id for t in routes[model_id]], "route")
-    for t in chat.router.direct_targets():
+    for t in chat.targets.direct_targets():
         if isinstance(chat.providers.get(t.provider), LocalProvider) and model_id in (
             t.model,
             t.id,

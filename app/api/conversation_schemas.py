@@ -20,7 +20,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.values import JsonObject, Text, Version
 from app.errors import BadRequest
 from app.store.conversation_models import (
     Appended,
@@ -34,6 +33,7 @@ from app.store.conversation_models import (
     TextPart,
     new_message,
 )
+from app.values import VERSION_MAX, JsonObject, Text, Version
 
 
 class _Body(BaseModel):
@@ -110,7 +110,9 @@ def precondition(if_match: str | None, expected_version: int | None) -> Precondi
     for item in items:
         strong = _STRONG_TAG.fullmatch(item)
         if strong:
-            versions.add(int(strong.group(1)))
+            version = int(strong.group(1))
+            if version <= VERSION_MAX:  # a larger tag matches no version and reaches no SQL
+                versions.add(version)
         elif not _ANY_TAG.fullmatch(item):
             raise BadRequest('If-Match must be "*" or a list of entity tags like "3".')
     if not items:

@@ -24,19 +24,20 @@ from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.api import conversation_schemas as s
-from app.api.values import ID_MAX, ID_PATTERN, Version
-from app.errors import PreconditionFailed, ValidationFailed, VersionConflict
-from app.observability.metrics import Metrics
-from app.store.conversation_models import FieldChanges, NewMessage
-from app.store.conversations import ConversationService
-from app.store.database import Database
-from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
-from app.store.idempotency_http import (
+from app.api.idempotency import (
     KEY_HEADER,
     idempotency_request,
     json_stored,
     to_response,
 )
+from app.errors import PreconditionFailed, ValidationFailed, VersionConflict
+from app.observability.metrics import Metrics
+from app.state import app_state
+from app.store.conversation_models import FieldChanges, NewMessage
+from app.store.conversations import ConversationService
+from app.store.database import Database
+from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
+from app.values import ID_MAX, ID_PATTERN, Version
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
@@ -62,7 +63,7 @@ class _Write:
 
 
 async def _store(request: Request) -> _Store:
-    st = request.state
+    st = app_state(request)
     return _Store(st.db, st.conversations, st.idempotency, st.metrics)
 
 

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
-from app.api.deps import TimelineDep
-from app.readiness.component import RUNTIME_VIEW_KEY
+from app.api.deps import GuardsDep, LifecycleDep, ReadinessDep, SettingsDep, TimelineDep
 from app.readiness.diagnostics import SUBJECT_PATTERN, diagnostics
-from app.settings import Settings
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/v1/diagnostics")
 async def get_diagnostics(
-    request: Request,
+    settings: SettingsDep,
     timeline: TimelineDep,
+    guards: GuardsDep,
+    lifecycle: LifecycleDep,
+    readiness: ReadinessDep,
     last: Annotated[int, Query(ge=1, le=1000, description="transitions to include")] = 100,
     subject: Annotated[
         str | None,
@@ -27,14 +28,13 @@ async def get_diagnostics(
         ),
     ] = None,
 ) -> dict[str, Any]:
-    settings: Settings = request.state.settings
     secrets = [k for p in settings.providers.values() if (k := p.api_key())]
     if settings.api_token is not None:
         secrets.append(settings.api_token.get_secret_value())
     return diagnostics(
-        guards=getattr(request.state, "guards", {}),
-        running_jobs=getattr(request.state, "running_jobs", None),
-        runtime=getattr(request.state, RUNTIME_VIEW_KEY, None),
+        guards=guards,
+        running_jobs=lifecycle.running_jobs,
+        runtime=readiness.runtime,
         timeline=timeline,
         last=last,
         subject=subject,

@@ -10,33 +10,25 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import DatabaseDep
+from app.api.deps import DatabaseDep, IdempotencyDep, IdempotencyKeyDep, LifecycleDep, RuntimeDep
+from app.api.idempotency import json_stored, to_response
 from app.api.runtime import runtime_load_event, runtime_view
-from app.api.values import StoragePath
-from app.lifecycle.component import STATE_KEY
 from app.lifecycle.manifest import Capability
 from app.lifecycle.progress import ProgressEvent
-from app.lifecycle.service import LifecycleService
 from app.lifecycle.storage import StorageConfig
 from app.store.database import Database
 from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
-from app.store.idempotency_http import IdempotencyDep, IdempotencyKeyDep, json_stored, to_response
+from app.values import StoragePath
 
 router = APIRouter(prefix="/v1/lifecycle", tags=["lifecycle"])
 
 HEARTBEAT_S = 15.0
 
 
-def get_lifecycle(request: Request) -> LifecycleService:
-    service: LifecycleService = getattr(request.state, STATE_KEY)
-    return service
-
-
-LifecycleDep = Annotated[LifecycleService, Depends(get_lifecycle)]
 DryRun = Annotated[bool, Query(description="answer what would happen; change nothing")]
 
 
@@ -58,13 +50,13 @@ class StorageRequest(BaseModel):
 
 
 @router.get("/models")
-async def list_models(lc: LifecycleDep, request: Request) -> dict[str, Any]:
-    return {"data": [runtime_view(request, v) for v in lc.list_models()]}
+async def list_models(lc: LifecycleDep, runtime: RuntimeDep) -> dict[str, Any]:
+    return {"data": [runtime_view(runtime, v) for v in lc.list_models()]}
 
 
 @router.get("/models/{model_id}")
-async def get_model(model_id: str, lc: LifecycleDep, request: Request) -> dict[str, Any]:
-    return runtime_view(request, lc.model_view(lc.manager.model(model_id)))
+async def get_model(model_id: str, lc: LifecycleDep, runtime: RuntimeDep) -> dict[str, Any]:
+    return runtime_view(runtime, lc.model_view(lc.manager.model(model_id)))
 
 
 async def _once(
@@ -159,12 +151,12 @@ async def cancel_job(job_id: str, lc: LifecycleDep) -> dict[str, Any]:
 
 
 @router.get("/models/{model_id}/events")
-async def model_events(model_id: str, lc: LifecycleDep, request: Request) -> StreamingResponse:
+async def model_events(model_id: str, lc: LifecycleDep, runtime: RuntimeDep) -> StreamingResponse:
     """SSE: one ``data: {event}`` per progress event; the stream ends after ready/failed.
     While the local runtime loads the model, its load phases are the events."""
     model = lc.manager.model(model_id)
     sub = lc.hub.subscribe(model.id)  # before the snapshot, so nothing falls in between
-    first = runtime_load_event(request, model.id) or lc.snapshot(model)
+    first = runtime_load_event(runtime, model.id) or lc.snapshot(model)
 
     async def stream() -> AsyncIterator[bytes]:
         with sub:

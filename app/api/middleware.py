@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.edge import HEADERS as EDGE_HEADERS
 from app.api.edge import EdgePolicy, Preflight, Verdict
 from app.api.problems import BodyTooLarge, problem_response
+from app.core import set_request_id
 from app.errors import BadRequest, KeelError, PayloadTooLarge, Unauthorized
 from app.errors import InternalError as InternalErrorProblem
 from app.observability.logging import request_id_var
@@ -60,7 +61,7 @@ class KeelMiddleware:
         headers, repeated = _headers(scope)
         incoming = headers.get("x-request-id", "")
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        set_request_id(scope, request_id)
         # Every log line written while this request is served carries its id (the filter in
         # app/observability/logging.py), also from code that never sees the request.
         serving = request_id_var.set(request_id)

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.core import request_id
 from app.errors import (
     PROBLEM_CONTENT_TYPE,
     BadRequest,
@@ -44,8 +45,7 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 def request_id_of(request: Request) -> str | None:
-    rid = request.scope.get("state", {}).get("request_id")
-    return rid if isinstance(rid, str) else None
+    return request_id(request.scope)
 
 
 def problem_response(exc: KeelError, request_id: str | None) -> JSONResponse:

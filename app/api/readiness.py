@@ -4,23 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from app.readiness.component import STATE_KEY
-from app.readiness.service import ReadinessService
+from app.api.deps import ReadinessDep
 from app.readiness.text import render_text
 from app.settings import Settings
 
 router = APIRouter(tags=["operations"])
-
-
-async def get_readiness(request: Request) -> ReadinessService:
-    service: ReadinessService = getattr(request.state, STATE_KEY)
-    return service
-
-
-ReadinessDep = Annotated[ReadinessService, Depends(get_readiness)]
 
 
 @router.get("/v1/readiness", response_model=None)

@@ -13,8 +13,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.chat import answer_and_render
-from app.providers.chat_service import ChatService
-from app.store.idempotency_http import idempotency_request
+from app.api.idempotency import idempotency_request
+from app.state import app_state
 
 router = APIRouter(tags=["chat"])
 M = TypeVar("M", bound=BaseModel)
@@ -62,7 +62,7 @@ async def completions(request: Request) -> Response:
 async def _relay(
     request: Request, path: str, payload: EmbeddingsRequest | CompletionsRequest, *, stream: bool
 ) -> Response:
-    chat: ChatService = request.state.chat
+    chat = app_state(request).chat
     key = await idempotency_request(request)
     targets = chat.relay_targets(payload.model, path)
     body = payload.model_dump(exclude_unset=True)

@@ -8,29 +8,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
+from app.api.deps import RuntimeDep
 from app.errors import NotFound
 from app.lifecycle.progress import ProgressEvent
-from app.runtime.component import STATE_KEY
 from app.runtime.manager import RuntimeManager
 
 router = APIRouter(tags=["runtime"])
 
 
-async def get_runtime(request: Request) -> RuntimeManager:
-    runtime: RuntimeManager = getattr(request.state, STATE_KEY)
-    return runtime
-
-
-RuntimeDep = Annotated[RuntimeManager, Depends(get_runtime)]
-
-
-def runtime_view(request: Request, view: dict[str, Any]) -> dict[str, Any]:
+def runtime_view(runtime: RuntimeManager, view: dict[str, Any]) -> dict[str, Any]:
     """A lifecycle model view with the runtime's state and ``runtime`` member merged in."""
-    runtime: RuntimeManager | None = getattr(request.state, STATE_KEY, None)
-    if runtime is None or view["id"] not in runtime.slots:
+    if view["id"] not in runtime.slots:
         return view
     slot = runtime.slot(view["id"])
     state = slot.machine.state.value
@@ -52,10 +43,9 @@ def runtime_view(request: Request, view: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def runtime_load_event(request: Request, model_id: str) -> ProgressEvent | None:
+def runtime_load_event(runtime: RuntimeManager, model_id: str) -> ProgressEvent | None:
     """The current load phase as the first event of ``/events``, while a load runs."""
-    runtime: RuntimeManager | None = getattr(request.state, STATE_KEY, None)
-    if runtime is None or model_id not in runtime.slots:
+    if model_id not in runtime.slots:
         return None
     slot = runtime.slot(model_id)
     if slot.load_task is None or slot.load_task.done() or slot.phase is None:

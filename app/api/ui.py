@@ -15,10 +15,10 @@ import re
 from functools import cache
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from app.settings import Settings
+from app.api.deps import SettingsDep
 
 router = APIRouter(include_in_schema=False)
 
@@ -53,8 +53,7 @@ def page() -> tuple[str, str]:
 
 
 @router.get("/ui", response_class=HTMLResponse)
-async def status_page(request: Request) -> HTMLResponse:
-    settings: Settings = request.state.settings
+async def status_page(settings: SettingsDep) -> HTMLResponse:
     html, csp = page()
     auth = "required" if settings.api_token is not None else "none"
     return HTMLResponse(

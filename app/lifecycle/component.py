@@ -31,13 +31,13 @@ from app.lifecycle.progress import ProgressHub
 from app.lifecycle.service import LifecycleService
 from app.lifecycle.storage import FreeSpace, StorageRoots, disk_free
 from app.lifecycle.transport import download_transport
-from app.settings import DownloadSettings, Settings
+from app.settings import DownloadSettings
+from app.store.component import Store
 from app.store.database import Database
 from app.store.migrate import schema_status
 
 log = logging.getLogger("keel.lifecycle")
 
-STATE_KEY = "lifecycle"
 USER_AGENT = "keel/0.1 (model downloader)"
 
 
@@ -95,12 +95,13 @@ class LifecycleComponent:
         self.sleep = sleep or asyncio.sleep
         self.schema_poll_s = schema_poll_s
 
-    def __call__(self, state: dict[str, Any]) -> AbstractAsyncContextManager[None]:
-        return self._lifespan(state)
+    def __call__(self, store: Store) -> AbstractAsyncContextManager[LifecycleService]:
+        return self._lifespan(store)
 
     @asynccontextmanager
-    async def _lifespan(self, state: dict[str, Any]) -> AsyncIterator[None]:
-        settings: Settings = state["settings"]
+    async def _lifespan(self, store: Store) -> AsyncIterator[LifecycleService]:
+        core = store.core
+        settings = core.settings
         ds = settings.downloads
         manifest = load_manifest(settings.models_manifest)
         pool = HashPool(ds.hash_threads, ds.chunk_bytes)
@@ -108,13 +109,11 @@ class LifecycleComponent:
         manager: DownloadManager | None = None
         background: list[asyncio.Task[None]] = []  # the reaper, or the wait for a migration
         try:
-            jobs = JobRepository(state["db"])
-            storage = StorageRoots(state["db"], settings.data_dir, self.free_space)
+            jobs = JobRepository(store.db)
+            storage = StorageRoots(store.db, settings.data_dir, self.free_space)
             hub = ProgressHub()
-            downloader = Downloader(
-                client, pool, ds, state["metrics"], sleep=self.sleep, rng=self.rng
-            )
-            tasks = state["tasks"]
+            downloader = Downloader(client, pool, ds, core.metrics, sleep=self.sleep, rng=self.rng)
+            tasks = core.tasks
 
             def spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
                 task: asyncio.Task[None] = tasks.spawn(coro, name=name)
@@ -127,15 +126,13 @@ class LifecycleComponent:
                 downloader=downloader,
                 hub=hub,
                 settings=ds,
-                metrics=state["metrics"],
-                timeline=state["timeline"],
+                metrics=core.metrics,
+                timeline=core.timeline,
                 spawn=spawn,
             )
             service = LifecycleService(
                 manager=manager, storage=storage, jobs=jobs, hub=hub, pool=pool, settings=ds
             )
-            state[STATE_KEY] = service
-            state["running_jobs"] = manager.running_jobs
             running = manager
 
             async def start() -> None:
@@ -151,19 +148,19 @@ class LifecycleComponent:
                 # is at head, and the lifecycle starts then (persisted roots, resumed jobs).
                 # Polling on purpose: the migration runs in another process, nothing here
                 # could set an Event for it.
-                while not (await _schema_current(state["db"])):  # noqa: ASYNC110
+                while not (await _schema_current(store.db)):  # noqa: ASYNC110
                     await asyncio.sleep(self.schema_poll_s)
                 log.info("database migrated: starting downloads and the partial reaper")
                 await start()
 
-            if state.get("schema_error"):
+            if store.schema_error:
                 log.warning("database not migrated: downloads resume once it is")
                 background.append(
                     tasks.spawn(start_when_migrated(), name="lifecycle:wait-for-migration")
                 )
             else:
                 await start()
-            yield
+            yield service
         finally:
             for task in background:
                 task.cancel()

@@ -53,6 +53,10 @@ class LifecycleService:
 
     # -- views ----------------------------------------------------------------------------
 
+    def running_jobs(self) -> list[dict[str, Any]]:
+        """What ``/v1/diagnostics`` shows of the downloads in flight."""
+        return self.manager.running_jobs()
+
     def model_view(self, model: ModelSpec) -> dict[str, Any]:
         try:
             plan = self.manager.plan(model)

@@ -26,7 +26,15 @@ from app.runtime.manager import RuntimeManager
 from app.runtime.supervisor import WorkerError
 from app.settings import LOCAL_PROVIDER, ProviderSettings, Settings
 
-SAMPLING = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty")
+SAMPLING = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+)
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 _FOREVER_S = 10 * 365 * 86_400.0
 

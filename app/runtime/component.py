@@ -4,24 +4,31 @@ every worker (``shutdown``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from app.lifecycle.component import STATE_KEY as LIFECYCLE
 from app.lifecycle.manifest import ModelSpec
 from app.lifecycle.progress import ProgressEvent
 from app.lifecycle.service import LifecycleService
-from app.readiness.component import RUNTIME_VIEW_KEY
 from app.readiness.runtime_view import RuntimeModel
 from app.runtime.manager import RuntimeManager
-from app.settings import Settings
+from app.store.component import Store
 
 log = logging.getLogger("keel.runtime")
 
-STATE_KEY = "runtime"
+
+@dataclass(frozen=True, slots=True)
+class RuntimeInputs:
+    store: Store
+    lifecycle: LifecycleService
 
 
 class ReadinessView:
@@ -49,16 +56,50 @@ class ReadinessView:
         return out
 
 
+def _on_stop_signal(callback: Callable[[], None]) -> Callable[[], None]:
+    """Run ``callback`` in the event loop when SIGTERM/SIGINT arrive, then the server's own
+    handler (uvicorn's, which starts its graceful wait). uvicorn runs the lifespan shutdown
+    only after that wait, which an open local stream would otherwise fill. Only the main
+    thread can install handlers; elsewhere (servers in test threads) nothing changes.
+    Returns what restores the previous handlers."""
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+        chained = previous.get(signum)
+        if callable(chained):
+            chained(signum, frame)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            current = signal.getsignal(sig)
+            if callable(current):  # a server is handling it: chain, never replace
+                previous[sig] = current
+                signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, old)
+
+    return restore
+
+
 class RuntimeComponent:
     """``argv`` replaces the worker command (tests run the fake worker through it)."""
 
     def __init__(self, argv: Sequence[str] | None = None) -> None:
         self.argv = argv
 
+    def __call__(self, inputs: RuntimeInputs) -> AbstractAsyncContextManager[RuntimeManager]:
+        return self._lifespan(inputs)
+
     @asynccontextmanager
-    async def __call__(self, state: dict[str, Any]) -> AsyncIterator[None]:
-        settings: Settings = state["settings"]
-        lc: LifecycleService = state[LIFECYCLE]
+    async def _lifespan(self, inputs: RuntimeInputs) -> AsyncIterator[RuntimeManager]:
+        core = inputs.store.core
+        settings = core.settings
+        lc = inputs.lifecycle
 
         def locate(spec: ModelSpec) -> list[tuple[Path, str]] | None:
             plan = lc.manager.plan(spec)
@@ -77,16 +118,16 @@ class RuntimeComponent:
             settings.runtime,
             locate=locate,
             stamps_dir=settings.data_dir / "runtime" / "stamps",
-            metrics=state["metrics"],
-            timeline=state["timeline"],
+            metrics=core.metrics,
+            timeline=core.timeline,
             argv=self.argv,
             on_phase=on_phase,
         )
-        state[STATE_KEY] = manager
-        state[RUNTIME_VIEW_KEY] = ReadinessView(manager)
-        sweeper = state["tasks"].spawn(manager.sweep_forever(), name="runtime:keep-alive")
+        sweeper = core.tasks.spawn(manager.sweep_forever(), name="runtime:keep-alive")
+        restore = _on_stop_signal(manager.begin_shutdown)
         try:
-            yield
+            yield manager
         finally:
+            restore()
             sweeper.cancel()
             await manager.shutdown()

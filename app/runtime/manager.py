@@ -270,9 +270,17 @@ class RuntimeManager:
             except Exception:
                 log.exception("keep-alive sweep failed")
 
+    def begin_shutdown(self) -> None:
+        """The server is stopping: refuse new loads and cancel every running generation now
+        (``shutdown``), so open streams end at once instead of holding the graceful wait."""
+        self._stopping = True
+        for slot in self.slots.values():
+            if slot.active is not None and slot.active.cancel("shutdown"):
+                self.metrics.cancellations.labels(reason="shutdown").inc()
+
     async def shutdown(self) -> None:
         """Cancel generations and stop every worker within the grace period."""
-        self._stopping = True
+        self.begin_shutdown()
         for task in list(self._background):
             task.cancel()
         for slot in self.slots.values():

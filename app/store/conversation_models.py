@@ -85,24 +85,10 @@ class Conversation:
 
 
 @dataclass(frozen=True, slots=True)
-class ConversationWithMessages:
-    conversation: Conversation
-    messages: list[Message]
-
-
-@dataclass(frozen=True, slots=True)
 class Appended:
     """The result of one append: the new head and only the messages it added."""
 
     conversation: Conversation
-    messages: list[Message]
-
-
-@dataclass(frozen=True, slots=True)
-class Delta:
-    conversation: Conversation
-    from_version: int
-    fields_changed: bool
     messages: list[Message]
 
 

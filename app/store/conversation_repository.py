@@ -200,14 +200,11 @@ async def messages(
     conversation_id: str,
     *,
     max_seq: int,
-    after_version: int | None = None,
 ) -> list[StoredMessage]:
-    """Messages up to ``max_seq`` (the head's count: PostgreSQL's READ COMMITTED may show an
-    append that committed after the head was read), optionally only those added after a
-    version."""
+    """Every message up to ``max_seq``, tombstones included (``/verify``). ``max_seq`` is the
+    head's count: PostgreSQL's READ COMMITTED may show an append that committed after the
+    head was read."""
     stmt = select(*_MESSAGE).where(M.c.conversation_id == conversation_id, M.c.seq <= max_seq)
-    if after_version is not None:
-        stmt = stmt.where(M.c.version > after_version)
     return [_message(r) for r in (await conn.execute(stmt.order_by(M.c.seq))).all()]
 
 

@@ -3,7 +3,7 @@
 A request is identified by ``IdempotencyRequest(key, scope, fingerprint, route)``: the client's
 key; the scope (method + route template + caller) the key lives in; and a SHA-256 fingerprint of
 the canonical request, so the same key with a different request is refused (422). Build one
-with ``app.store.idempotency_http.IdempotencyKeyDep`` in a FastAPI endpoint.
+with ``app.api.idempotency.IdempotencyKeyDep`` in a FastAPI endpoint.
 
 Two ways to use it:
 
@@ -31,7 +31,7 @@ Two ways to use it:
                 await idempotency.complete(conn, claim, response)
         return to_response(response)
 
-    (``to_response`` and ``json_stored`` are in ``idempotency_http``.)
+    (``to_response`` and ``json_stored`` are in ``app/api/idempotency.py``.)
 
 Rules: validate the request before ``begin``/``run`` (validation failures are never stored);
 only a completed response is stored, so an error rolls back (a) or is abandoned (b) and a

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.chat.resilience import build_guard
+from app.chat.service import ChatService
+from app.chat.targets import TargetResolver
 from app.errors import KeelError
 from app.observability.metrics import Metrics
 from app.providers.base import Completion
-from app.providers.chat_service import ChatService
-from app.providers.router import ModelRouter
 from app.resilience.clock import FakeClock
 from app.resilience.deadline import Deadline
 from app.resilience.failures import UpstreamFailure
@@ -114,9 +114,11 @@ class Sim:
             )
             for i, (name, p) in enumerate(providers.items())
         }
-        router = ModelRouter(settings.routes, {n: p.model_names() for n, p in providers.items()})
+        targets = TargetResolver(
+            settings.routes, {n: p.model_names() for n, p in providers.items()}
+        )
         self.chat = ChatService(
-            settings, router, dict(providers), self.guards, self.metrics, clock=clock
+            settings, targets, dict(providers), self.guards, self.metrics, clock=clock
         )
         self.outcomes: list[Outcome] = []
         self.opened: list[str] = []
@@ -131,7 +133,7 @@ class Sim:
 
     async def request(self, model: str = "chat") -> Outcome:
         started = self.clock.now()
-        targets = self.chat.router.resolve(model)
+        targets = self.chat.targets.resolve(model)
         deadline = self.chat.deadline_for(targets, None)
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
         try:

@@ -42,7 +42,7 @@ def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[
 def test_bad_settings_stop_startup_with_one_line(
     tmp_path: Path, env: dict[str, str], needle: str
 ) -> None:
-    for args in (["-m", "app.cli", "serve"], ["-c", "import app.main"]):
+    for args in (["-m", "app.cli", "serve"], ["-c", "from app.main import app"]):
         proc = _run(args, tmp_path, PYTHONPATH=str(ROOT), **env)
         assert proc.returncode != 0
         lines = proc.stderr.strip().splitlines()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.main import create_app
+from app.main import Components, create_app
 from app.settings import Settings
 from tests.fakes.servers import ServerThread, free_port
 from tests.fakes.upstream import FakeUpstream
@@ -75,12 +75,13 @@ def keel(chat_settings: Callable[..., Settings]) -> Iterator[ServerThread]:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[Settings], ServerThread]]:
-    """Start Keel with custom settings; every server started is stopped at teardown."""
+def serve() -> Iterator[Callable[..., ServerThread]]:
+    """Start Keel with custom settings (and components); every server started is stopped at
+    teardown."""
     started: list[ServerThread] = []
 
-    def start(settings: Settings) -> ServerThread:
-        server = ServerThread(create_app(settings)).__enter__()
+    def start(settings: Settings, components: Components | None = None) -> ServerThread:
+        server = ServerThread(create_app(settings, components)).__enter__()
         started.append(server)
         return server
 

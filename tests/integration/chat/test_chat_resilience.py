@@ -11,7 +11,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from app.chat.component import ChatComponent
+from app.main import Components
 from app.settings import Settings
+from tests.fakes.clock import SteppedClock
 from tests.fakes.servers import ServerThread
 from tests.fakes.upstream import MARKER, FakeUpstream
 from tests.integration.chat.conftest import API_KEY, chat_body, dead_url, provider
@@ -87,34 +90,39 @@ def test_429_retry_after_beyond_deadline_fails_at_once(
 
 def test_outage_opens_breaker_fails_fast_then_recovers(
     chat_settings: Callable[..., Settings],
-    serve: Callable[[Settings], ServerThread],
+    serve: Callable[..., ServerThread],
     upstream: FakeUpstream,
 ) -> None:
-    cfg = provider(upstream.base_url, breaker={"min_calls": 5, "window_size": 10, "open_s": 0.5})
-    keel = serve(chat_settings(providers={"cloud": cfg}))
+    # The breaker stays open until the test moves the guards' clock past open_s: however slow
+    # the machine, no request below can find it half-open early.
+    cfg = provider(
+        upstream.base_url,
+        breaker={"min_calls": 5, "window_size": 10, "open_s": 30, "open_max_s": 60},
+    )
+    clock = SteppedClock()
+    keel = serve(
+        chat_settings(providers={"cloud": cfg}), Components(chat=ChatComponent(clock=clock))
+    )
     upstream.faults.down = True
     with httpx.Client(base_url=keel.url, timeout=10) as c:
         statuses = [c.post("/v1/chat/completions", json=chat_body()).status_code for _ in range(5)]
         assert set(statuses) <= {502, 503}
         calls_during_outage = upstream.calls
-        fast: list[float] = []
+        # Failing fast is counted, not timed: not one of these reaches the upstream. (How
+        # fast "fast" is on a given machine is bench/'s business, not a test's.)
         for _ in range(50):
-            t0 = time.perf_counter()
             resp = c.post("/v1/chat/completions", json=chat_body())
-            fast.append(time.perf_counter() - t0)
             body = _problem(resp, 503, "circuit_open")
             assert int(resp.headers["retry-after"]) >= 1
             assert body["retry_after"] == int(resp.headers["retry-after"])
         assert upstream.calls == calls_during_outage  # nothing reached the upstream
         # 5 requests x 3 attempts at most; the retry budget's floor allows that much here.
         assert calls_during_outage <= 15
-        fast.sort()
-        assert fast[int(len(fast) * 0.99) - 1] < 0.020, fast[-5:]
         diag = c.get("/v1/diagnostics", params={"subject": "provider:cloud"}).json()
         assert diag["providers"][0]["breaker"]["state"] == "open"
 
         upstream.faults.down = False
-        time.sleep(0.6)  # the breaker's open_s in real time: this test runs a real server
+        clock.step(31)
         resp = c.post("/v1/chat/completions", json=chat_body())
         assert resp.status_code == 200, resp.text
         diag = c.get("/v1/diagnostics", params={"subject": "provider:cloud"}).json()

@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.lifecycle.component import LifecycleComponent
-from app.main import create_app, default_components
+from app.main import Components, create_app
 from app.settings import Settings
 from tests.fakes.range_server import RangeServer
 
@@ -92,10 +92,7 @@ class Harness:
         )
 
     def app(self, settings: Settings | None = None, **inject: Any) -> FastAPI:
-        components = [
-            LifecycleComponent(**inject) if isinstance(c, LifecycleComponent) else c
-            for c in default_components()
-        ]
+        components = Components(lifecycle=LifecycleComponent(**inject))
         return create_app(settings or self.settings(), components)
 
     def final(self, model_id: str, name: str | None = None) -> Path:

@@ -25,9 +25,7 @@ async def test_clean_download_installs_verified_file(harness: Harness) -> None:
         assert view["progress"] == {"bytes": SIZE, "total": SIZE, "percent": 100.0}
         done = (await client.get(f"/v1/lifecycle/downloads/{job['id']}")).json()
         metrics = (await client.get("/metrics")).text
-        timeline = [
-            (t.subject, t.from_state, t.to_state) for t in running.manager._state["timeline"].last()
-        ]
+        timeline = [(t.subject, t.from_state, t.to_state) for t in running.state.timeline.last()]
     assert timeline == [
         ("download:tiny", "none", "queued"),
         ("download:tiny", "queued", "running"),

@@ -85,7 +85,7 @@ async def test_slow_progress_reader_does_not_stall_the_download(harness: Harness
     harness.model("tiny", payload(SIZE))
     running = asgi_client(harness.app())
     async with running as client:
-        lifecycle = running.manager._state["lifecycle"]
+        lifecycle = running.state.lifecycle
         sub = lifecycle.hub.subscribe("tiny")  # subscribed, never read
         await client.post("/v1/lifecycle/models/tiny/download")
         view = await wait_state(client, "tiny", {"installed", "error"})

@@ -4,8 +4,7 @@ server), a provider in front of the fake upstream, and injectable runtime probe 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ from fastapi import FastAPI
 from app.lifecycle import component as lifecycle_component
 from app.lifecycle.component import LifecycleComponent
 from app.lifecycle.manifest import load_manifest
-from app.main import create_app, default_components
-from app.readiness.component import RUNTIME_VIEW_KEY, ReadinessComponent
+from app.main import Components, create_app
+from app.readiness.component import ReadinessComponent
 from app.readiness.runtime_view import RuntimeModel
 from app.runtime.component import RuntimeComponent
 from app.settings import Settings
@@ -102,20 +101,10 @@ class Setup:
         readiness_clock: Callable[[], float] = time.monotonic,
         **lifecycle: Any,
     ) -> FastAPI:
-        @asynccontextmanager
-        async def attach_runtime(state: dict[str, Any]) -> AsyncIterator[None]:
-            state[RUNTIME_VIEW_KEY] = self.runtime
-            yield
-
-        parts: list[Any] = []
-        for c in default_components():
-            if isinstance(c, LifecycleComponent):
-                parts.append(LifecycleComponent(**lifecycle))
-            elif isinstance(c, ReadinessComponent):
-                found = ReadinessComponent(find=lambda m: m in self.found, clock=readiness_clock)
-                parts += [attach_runtime, found]
-            else:
-                parts.append(c)
+        readiness = ReadinessComponent(
+            find=lambda m: m in self.found, runtime=self.runtime, clock=readiness_clock
+        )
+        parts = Components(lifecycle=LifecycleComponent(**lifecycle), readiness=readiness)
         return create_app(settings or self.settings(), parts)
 
 
@@ -136,13 +125,10 @@ def runtime_app(harness: Any, script: dict[str, Any], **overrides: Any) -> FastA
     """The harness's app, with llama_cpp counted as installed: the fake worker stands in."""
     settings = harness.settings(**overrides)
     harness.install(settings)
-    parts: list[Any] = []
-    for c in default_components():
-        if isinstance(c, RuntimeComponent):
-            c = RuntimeComponent(fake_argv(**script))
-        elif isinstance(c, ReadinessComponent):
-            c = ReadinessComponent(find=lambda module: True)
-        parts.append(c)
+    parts = Components(
+        runtime=RuntimeComponent(fake_argv(**script)),
+        readiness=ReadinessComponent(find=lambda module: True),
+    )
     return create_app(settings, parts)
 
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.lifecycle.cli import import_model
-from app.main import create_app, default_components
+from app.main import Components, create_app
 from app.runtime.component import RuntimeComponent
 from app.settings import Settings
 from tests.fakes.servers import ServerThread
@@ -54,10 +54,7 @@ class RuntimeHarness:
     def app(self, script: dict[str, Any] | None = None, **overrides: Any) -> FastAPI:
         settings = self.settings(**overrides)
         self.install(settings)
-        parts = [
-            RuntimeComponent(fake_argv(**(script or {}))) if isinstance(c, RuntimeComponent) else c
-            for c in default_components()
-        ]
+        parts = Components(runtime=RuntimeComponent(fake_argv(**(script or {}))))
         return create_app(settings, parts)
 
 

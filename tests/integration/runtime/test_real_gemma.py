@@ -181,3 +181,27 @@ def test_kill_9_of_keel_leaves_no_orphan_worker(
         _wait_for(lambda: pid_gone(pid), "the orphaned worker to die", timeout=30)
     finally:
         keel.stop()
+
+
+def test_sigterm_cancels_a_running_stream_and_stops_the_worker(
+    gguf: Path, make_settings: Callable[..., Settings], data_dir: Path, tmp_path: Path
+) -> None:
+    import_model(make_settings(), MODEL, gguf)
+    keel = KeelProcess({"KEEL_DATA_DIR": str(data_dir)}, cwd=tmp_path).start()
+    events: list[str] = []
+    try:
+        body = {"model": MODEL, "messages": ASK, "stream": True, "max_tokens": 1500}
+        with httpx.stream("POST", f"{keel.url}/v1/chat/completions", json=body, timeout=180) as r:
+            for line in r.iter_lines():
+                events.append(line)
+                if len(events) == 6:
+                    pid = _view(keel.url)["runtime"]["pid"]
+                    assert keel.proc is not None
+                    keel.proc.send_signal(signal.SIGTERM)
+        assert keel.proc is not None
+        keel.proc.wait(timeout=60)
+    finally:
+        keel.stop()
+    # The stream did not run on through the graceful wait: it ended with the error event.
+    assert "event: error" in events
+    _wait_for(lambda: pid_gone(pid), "the worker stopped at shutdown", timeout=30)

@@ -1,5 +1,5 @@
 """Issue 12.1: input that the database, the file system or a JSON encoder refuses is a 4xx
-naming the field, never a 500. One rule per kind of value (app/api/values.py)."""
+naming the field, never a 500. One rule per kind of value (app/values.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from app.api.values import check_json
+from app.values import check_json
 from tests.integration.test_foundation import assert_problem
 
 JSON = {"content-type": "application/json"}
@@ -41,6 +41,11 @@ async def _conversation(client: httpx.AsyncClient) -> str:
         '{"title": "ok \\udfff"}',
         '{"metadata": {"\\ud800": 1}}',
         '{"metadata": {"k": "\\udc00"}}',
+        '{"title": "a\\u0000b"}',
+        '{"metadata": {"k": "\\u0000"}}',
+        '{"metadata": {"\\u0000": 1}}',
+        '{"items": [{"role": "user", "content": "x\\u0000"}]}',
+        '{"items": [{"role": "user", "content": [{"type": "input_text", "text": "\\u0000"}]}]}',
         '{"metadata": ' + '{"a": ' * 40 + "1" + "}" * 41,
     ],
 )
@@ -51,8 +56,8 @@ async def test_conversation_bodies(client: httpx.AsyncClient, raw: str) -> None:
     assert_problem(resp, 422, "validation_error")
 
 
-@pytest.mark.parametrize("version", [HUGE, TWO_63, "-1"])
-async def test_versions_beyond_64_bits(client: httpx.AsyncClient, version: str) -> None:
+@pytest.mark.parametrize("version", [HUGE, TWO_63, str(2**31), "95042488468", "-1"])
+async def test_versions_beyond_their_column(client: httpx.AsyncClient, version: str) -> None:
     cid = await _conversation(client)
     raw = '{"title": "x", "expected_version": ' + version + "}"
     resp = await _post(client, f"/v1/conversations/{cid}", raw, method="PATCH")
@@ -76,6 +81,7 @@ async def test_message_content_and_role_must_be_unicode(client: httpx.AsyncClien
     for message in (
         '{"role": "user", "content": "a\\ud800b"}',
         '{"role": "\\udc00", "content": "x"}',
+        '{"role": "user", "content": "a\\u0000b"}',
     ):
         raw = '{"messages": [' + message + "]}"
         resp = await _post(client, f"/v1/conversations/{cid}/messages", raw)
@@ -112,9 +118,10 @@ async def test_chat_bodies_forward_only_valid_json(client: httpx.AsyncClient, ta
     resp = await _post(client, "/v1/chat/completions", raw)
     # Validated before routing: not "model not found", and never forwarded upstream.
     assert_problem(resp, 422, "validation_error")
-    parts = '[{"type": "text", "text": "hi", "weight": Infinity}]'
-    raw = '{"model": "m", "messages": [{"role": "user", "content": ' + parts + "}]}"
-    assert_problem(await _post(client, "/v1/chat/completions", raw), 422, "validation_error")
+    for content in ('[{"type": "text", "text": "hi", "weight": Infinity}]', '"a\\u0000b"'):
+        raw = '{"model": "m", "messages": [{"role": "user", "content": ' + content + "}]}"
+        resp = await _post(client, "/v1/chat/completions", raw)
+        assert_problem(resp, 422, "validation_error")
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,12 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from app.api.idempotency import request_fingerprint, scope_of
 from app.main import create_app
 from app.observability.metrics import Metrics
 from app.settings import Settings, StoreSettings
 from app.store.database import Database
 from app.store.idempotency import Claim, Idempotency, IdempotencyRequest
-from app.store.idempotency_http import request_fingerprint, scope_of
 from app.store.tables import idempotency_keys
 from app.store.timeutil import utcnow
 from tests.conftest import asgi_client

@@ -3,15 +3,15 @@ connection pool, a connection the server terminated; /readyz says which (Postgre
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from app.errors import DatabaseUnavailable
-from app.main import create_app, default_components
+from app.main import create_app
 from app.settings import Settings
 from app.store.database import Database
 from tests.conftest import asgi_client
@@ -32,17 +32,10 @@ async def test_pool_exhaustion_is_503_overloaded_and_readyz_says_so(
         database_url=postgres_url,
         store={"pool_size": 1, "pool_max_overflow": 0, "pool_timeout_s": 0.2},
     )
-    captured: dict[str, Any] = {}
-
-    @asynccontextmanager
-    async def capture(state: Any) -> AsyncIterator[None]:
-        captured["db"] = state["db"]
-        yield
-
-    app = create_app(settings, components=[*default_components(), capture])
-    async with asgi_client(app) as client:
+    running = asgi_client(create_app(settings))
+    async with running as client:
         assert (await client.post("/v1/conversations", json={})).status_code == 201
-        db: Database = captured["db"]
+        db = running.state.db
         async with AsyncExitStack() as held:
             await held.enter_async_context(db.engine.connect())  # the pool's only connection
             for resp in (

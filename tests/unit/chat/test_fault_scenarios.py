@@ -182,10 +182,10 @@ async def test_a_p95_hedge_follows_the_first_targets_observed_latency(
     )
     sim = Sim(settings, {"first": first, "backup": backup}, clock)
     # Too few samples yet: the hedge waits half the attempt timeout.
-    assert sim.chat._hedge_delay(sim.chat.router.resolve("chat")) == 2.0
+    assert sim.chat._hedge_delay(sim.chat.targets.resolve("chat")) == 2.0
     for _ in range(30):
         assert (await sim.request()).provider == "first"
-    assert sim.chat._hedge_delay(sim.chat.router.resolve("chat")) == pytest.approx(0.2)
+    assert sim.chat._hedge_delay(sim.chat.targets.resolve("chat")) == pytest.approx(0.2)
     first.latency_s = 3.0  # the first target turns slow: the hedge starts after its p95
     out = await sim.request()
     await sim.aclose()

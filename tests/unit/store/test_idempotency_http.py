@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from app.api.idempotency import caller_of, parse_key, request_fingerprint, scope_of
 from app.errors import BadRequest
-from app.store.idempotency_http import caller_of, parse_key, request_fingerprint, scope_of
 
 BODY = b'{"messages": [{"role": "user", "content": "hi"}], "expected_version": 2}'
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.api.values import ResourceId, check_json
+from app.values import ResourceId, Text, check_json
 
 MAX_MESSAGES = 1000
 MAX_CONTENT_CHARS = 200_000
@@ -17,7 +17,7 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     # Text, or the list-of-parts form (images, audio) that providers accept as is.
-    content: str | list[dict[str, Any]] | None = Field(default=None)
+    content: Text | list[dict[str, Any]] | None = Field(default=None)
 
 
 ConversationId = ResourceId

@@ -4,8 +4,10 @@ Everything a client sends is checked here, once, while the request is parsed, so
 beyond the edge meets a value the database, the file system or a JSON encoder refuses (each
 of which used to surface as a 500):
 
-- ``DbInt``: integers that reach a database column fit a signed 64-bit integer.
-- ``Text``: strings are valid Unicode (no lone surrogates, which UTF-8 cannot encode).
+- ``DbInt``, ``Version``: integers that reach a database column fit it (64-bit; versions
+  32-bit).
+- ``Text``: strings are valid Unicode (no lone surrogates, which UTF-8 cannot encode) without
+  U+0000 (which PostgreSQL cannot store).
 - ``JsonObject`` and ``check_json``: free-form JSON (metadata, chat pass-through fields) holds
   only finite numbers, valid strings and keys, and nests at most ``MAX_JSON_DEPTH`` deep.
 - ``ID_PATTERN``/``ResourceId``: an id Keel issued is at most 64 printable characters, so
@@ -32,6 +34,9 @@ PATH_MAX = 4095
 
 
 def valid_text(value: str) -> str:
+    if "\x00" in value:
+        # Valid JSON, but PostgreSQL text and jsonb cannot hold U+0000 (an error, so a 500).
+        raise ValueError("must not contain U+0000")
     # isascii() is a flag check in CPython: the common case costs nothing.
     if not value.isascii():
         try:
@@ -89,7 +94,9 @@ ID_MAX = 64
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 DbInt = Annotated[int, Field(ge=-DB_INT_MAX - 1, le=DB_INT_MAX)]
-Version = Annotated[int, Field(ge=0, le=DB_INT_MAX)]
+# Conversation versions and seqs live in 32-bit INTEGER columns (PostgreSQL's int4).
+VERSION_MAX = 2**31 - 1
+Version = Annotated[int, Field(ge=0, le=VERSION_MAX)]
 Text = Annotated[str, AfterValidator(valid_text)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 ResourceId = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 from app.chat import hedge
 from app.chat.resilience import to_catalogue, upstream_error
+from app.chat.targets import Target, TargetResolver
 from app.errors import (
     CapabilityUnavailable,
     CircuitOpen,
@@ -31,7 +32,6 @@ from app.errors import (
 )
 from app.observability.metrics import Metrics
 from app.providers.base import ChatStream, Completion, Provider, RelayProvider
-from app.providers.router import ModelRouter, Target
 from app.resilience.clock import Clock, MonotonicClock
 from app.resilience.deadline import Deadline
 from app.resilience.errors import DeadlinePassed, ResilienceError
@@ -87,14 +87,14 @@ class ChatService:
     def __init__(
         self,
         settings: Settings,
-        router: ModelRouter,
+        targets: TargetResolver,
         providers: dict[str, Provider],
         guards: dict[str, ProviderGuard],
         metrics: Metrics,
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
-        self.router = router
+        self.targets = targets
         self.providers = providers
         self.guards = guards
         self.metrics = metrics
@@ -112,7 +112,7 @@ class ChatService:
 
     def relay_targets(self, model: str, path: str | None) -> list[Target]:
         """``model``'s targets that can serve ``path`` (``None``: chat, which all can)."""
-        targets = self.router.resolve(model)
+        targets = self.targets.resolve(model)
         if path is None:
             return targets
         able = [t for t in targets if isinstance(self.providers.get(t.provider), RelayProvider)]
@@ -205,7 +205,7 @@ class ChatService:
         if len(targets) < 2:
             return None
         for route, delay in self.settings.resilience.hedge.items():
-            if self.router.routes.get(route) == targets:
+            if self.targets.routes.get(route) == targets:
                 if delay != "p95":
                     return delay
                 guard = self.guards[targets[0].provider]

@@ -1,5 +1,7 @@
 """Model name -> ordered fallback targets.
 
+Named a resolver, not a router: in Keel "router" means an HTTP router only.
+
 A chat request's ``model`` is a ``[routes]`` name, a ``provider/model`` pair, or a model a
 single provider lists (local model ids join the same way). Resolution is pure: it reads the
 configuration and the providers' model lists, and knows nothing of health; health is what the
@@ -25,7 +27,7 @@ class Target:
         return f"{self.provider}/{self.model}"
 
 
-class ModelRouter:
+class TargetResolver:
     def __init__(self, routes: Mapping[str, list[str]], provider_models: Mapping[str, list[str]]):
         self._provider_models = {p: list(ms) for p, ms in provider_models.items()}
         self._routes: dict[str, list[Target]] = {}

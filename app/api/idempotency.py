@@ -1,4 +1,4 @@
-"""FastAPI glue for the idempotency layer (``app/store/idempotency.py``).
+"""HTTP glue for the idempotency layer (``app/store/idempotency.py``).
 
 An endpoint takes two dependencies and uses them in a few lines::
 
@@ -21,15 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import Depends, Request
+from fastapi import Request
 from fastapi.responses import Response
 
 from app.errors import BadRequest
 from app.store.checksums import canonical_json
-from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
+from app.store.idempotency import IdempotencyRequest, StoredResponse
 
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -76,7 +76,7 @@ def request_fingerprint(
 
 
 async def idempotency_request(request: Request) -> IdempotencyRequest | None:
-    """The dependency behind ``IdempotencyKeyDep``: None when the header is absent."""
+    """The request's key (``IdempotencyKeyDep`` in deps.py): None without the header."""
     raw = request.headers.get(KEY_HEADER)
     if raw is None:
         return None
@@ -95,15 +95,6 @@ async def idempotency_request(request: Request) -> IdempotencyRequest | None:
         ),
         route=route,
     )
-
-
-async def get_idempotency(request: Request) -> Idempotency:
-    idempotency: Idempotency = request.state.idempotency
-    return idempotency
-
-
-IdempotencyKeyDep = Annotated[IdempotencyRequest | None, Depends(idempotency_request)]
-IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
 
 
 def json_stored(

@@ -1,0 +1,27 @@
+"""What the request path must not do per request: costs measured in bench/proxy_overhead."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+# The same module object FastAPI's telemetry hook calls through.
+from fastapi.telemetry import _asgi
+from opentelemetry import trace
+
+
+async def test_requests_do_not_consult_otel_providers(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+    real = trace.get_tracer_provider
+
+    def counting() -> trace.TracerProvider:
+        nonlocal calls
+        calls += 1
+        return real()
+
+    monkeypatch.setattr(_asgi.trace, "get_tracer_provider", counting)
+    for _ in range(3):
+        assert (await client.get("/healthz")).status_code == 200
+    assert calls == 0

@@ -64,16 +64,9 @@ async def test_readyz_answers_within_its_own_bound_when_the_pool_is_drained(
         database_url=postgres_url,
         store={"pool_size": 1, "pool_max_overflow": 0, "pool_timeout_s": 60},
     )
-    captured: dict[str, Any] = {}
-
-    @asynccontextmanager
-    async def capture(state: Any) -> AsyncIterator[None]:
-        captured["db"] = state["db"]
-        yield
-
-    app = create_app(settings, components=[*default_components(), capture])
-    async with asgi_client(app) as client:
-        db: Database = captured["db"]
+    running = asgi_client(create_app(settings))
+    async with running as client:
+        db: Database = running.state.db
         async with db.engine.connect():
             ready = await client.get("/readyz")
             assert ready.status_code == 503

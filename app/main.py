@@ -107,7 +107,6 @@ def create_app(
                 lifecycle=lifecycle,
                 runtime=runtime,
                 chat=chat_parts.service,
-                chat_records=chat_parts.records,
                 guards=chat_parts.guards,
                 readiness=ready,
             )
@@ -128,7 +127,7 @@ def create_app(
         **_NO_FRAMEWORK_TELEMETRY,
     )
     install_error_handlers(app)
-    install_openapi(app)  # lazy: documents every route included below, and later ones
+    install_openapi(app, settings.store)  # lazy: documents the routes included below too
     app.add_middleware(
         KeelMiddleware,
         metrics=metrics,

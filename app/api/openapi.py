@@ -26,6 +26,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.errors import catalogue
+from app.settings import StoreSettings
+from app.store.conversation_models import ROLES
 
 PROBLEM = "application/problem+json"
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -67,7 +69,7 @@ _MEDIA: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
 }
 
 
-def install_openapi(app: FastAPI) -> None:
+def install_openapi(app: FastAPI, store: StoreSettings | None = None) -> None:
     generate: Callable[[], dict[str, Any]] = app.openapi
     cache: dict[str, Any] = {}
 
@@ -75,17 +77,19 @@ def install_openapi(app: FastAPI) -> None:
         raw = generate()  # FastAPI's own, cached until routes change
         if cache.get("raw") is not raw:
             cache["raw"] = raw
-            cache["doc"] = truthful(copy.deepcopy(raw))
+            cache["doc"] = truthful(copy.deepcopy(raw), store)
         doc: dict[str, Any] = cache["doc"]
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
-def truthful(doc: dict[str, Any]) -> dict[str, Any]:
+def truthful(doc: dict[str, Any], store: StoreSettings | None = None) -> dict[str, Any]:
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     _hoist_defs(doc, schemas)
+    if store is not None:
+        _store_rules(doc, schemas, store)
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas["Problem"] = problem_schema()
@@ -196,3 +200,43 @@ def _hoist_defs(node: Any, schemas: dict[str, Any]) -> None:
     elif isinstance(node, list):
         for value in node:
             _hoist_defs(value, schemas)
+
+
+def _store_rules(doc: dict[str, Any], schemas: dict[str, Any], store: StoreSettings) -> None:
+    """The conversation store's rules (settings, enforced by the service) into its schemas.
+
+    Written against the body models' property names; a renamed one is skipped, not invented.
+    """
+
+    def strings(schema: dict[str, Any]) -> list[dict[str, Any]]:
+        return [s for s in [schema, *schema.get("anyOf", [])] if s.get("type") == "string"]
+
+    def arrays(schema: dict[str, Any]) -> list[dict[str, Any]]:
+        return [s for s in [schema, *schema.get("anyOf", [])] if s.get("type") == "array"]
+
+    for name, props in schemas.items():
+        if not name.endswith(
+            ("ConversationBody", "ItemIn", "MessageIn", "ItemsBody", "MessagesBody")
+        ):
+            continue
+        properties = props.get("properties", {})
+        for s in strings(properties.get("title", {})):
+            s["maxLength"] = store.max_title_chars
+        for s in strings(properties.get("content", {})):
+            s["maxLength"] = store.max_message_chars
+        for s in strings(properties.get("role", {})):
+            s["enum"] = sorted(ROLES)
+        for field in ("items", "messages"):
+            for s in arrays(properties.get(field, {})):
+                s["maxItems"] = store.max_messages_per_append
+    for path, operations in doc.get("paths", {}).items():
+        if not path.startswith("/v1/conversations"):
+            continue
+        for op in operations.values():
+            for param in op.get("parameters", []):
+                if param.get("name") == "limit" and param.get("in") == "query":
+                    param["schema"] = {
+                        **param.get("schema", {}),
+                        "minimum": 1,
+                        "maximum": store.page_limit_max,
+                    }

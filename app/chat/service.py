@@ -16,11 +16,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from app.chat import hedge
+from app.chat.records import ChatRecords
 from app.chat.resilience import to_catalogue, upstream_error
 from app.chat.targets import Target, TargetResolver
+from app.chat.turn import ChatCall, Reply, answer
 from app.errors import (
     CapabilityUnavailable,
     CircuitOpen,
@@ -38,6 +40,9 @@ from app.resilience.errors import DeadlinePassed, ResilienceError
 from app.resilience.failures import UpstreamFailure
 from app.resilience.guard import ProviderGuard
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from starlette.types import Receive
 
 log = logging.getLogger("keel.chat")
 
@@ -92,6 +97,7 @@ class ChatService:
         guards: dict[str, ProviderGuard],
         metrics: Metrics,
         clock: Clock | None = None,
+        records: ChatRecords | None = None,
     ) -> None:
         self.settings = settings
         self.targets = targets
@@ -99,6 +105,17 @@ class ChatService:
         self.guards = guards
         self.metrics = metrics
         self.clock = clock or MonotonicClock()
+        self.records = records
+
+    async def check_conversation(self, conversation_id: str) -> None:
+        """Fail before spending an upstream call on a conversation that does not exist."""
+        assert self.records is not None
+        await self.records.check_conversation(conversation_id)
+
+    async def answer(self, call: ChatCall, receive: Receive) -> Reply:
+        """The whole turn (``app/chat/turn.py``): deadline, idempotency, answer, record."""
+        assert self.records is not None, "built without records (unit tests call complete())"
+        return await answer(self, self.records, call, receive)
 
     def deadline_for(self, targets: list[Target], requested_s: float | None) -> Deadline:
         """The route's default (its first target's ``timeout_s``, else the global default),

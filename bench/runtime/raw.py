@@ -1,6 +1,10 @@
-"""The baseline: llama_cpp in one plain process, no Keel. Prints one JSON line of figures.
+"""The baseline: llama_cpp in one plain process, no Keel.
 
-python -m bench.runtime.raw MODEL_PATH MAX_TOKENS REPS
+    python -m bench.runtime.raw MODEL_PATH MAX_TOKENS
+
+Prints one JSON line when loaded (``import_s``, ``load_s``), then one per ``run`` line read
+from stdin (a streamed generation: ``ttft_s``, ``tokens``, ``span_s``), and on stdin EOF one
+with its peak RSS. The parent interleaves these runs with Keel's, so both see the same noise.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ PROMPT = [{"role": "user", "content": "Count from one to one hundred in words."}
 
 
 def main() -> None:
-    path, max_tokens, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    path, max_tokens = sys.argv[1], int(sys.argv[2])
     t0 = time.perf_counter()
     import llama_cpp
 
@@ -28,24 +32,23 @@ def main() -> None:
         verbose=False,
     )
     t2 = time.perf_counter()
-    runs = []
-    for _ in range(reps):
+    print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}), flush=True)
+    for _ in sys.stdin:
         start = time.perf_counter()
         stamps = []
         for chunk in llm.create_chat_completion(
-            messages=PROMPT,
+            messages=PROMPT,  # type: ignore[arg-type]
             max_tokens=max_tokens,
             temperature=0.0,
             seed=1,
-            stream=True,  # type: ignore[arg-type]
+            stream=True,
         ):
             if chunk["choices"][0]["delta"].get("content"):  # type: ignore[index]
                 stamps.append(time.perf_counter())
-        runs.append(
-            {"ttft_s": stamps[0] - start, "tokens": len(stamps), "span_s": stamps[-1] - stamps[0]}
-        )
+        run = {"ttft_s": stamps[0] - start, "tokens": len(stamps), "span_s": stamps[-1] - stamps[0]}
+        print(json.dumps(run), flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "runs": runs, "peak_rss": peak}))
+    print(json.dumps({"peak_rss": peak}), flush=True)
 
 
 if __name__ == "__main__":

@@ -111,3 +111,23 @@ async def test_head_on_get_routes(client: httpx.AsyncClient) -> None:
     assert head.headers["content-type"].startswith("text/event-stream")
     metrics = (await client.get("/metrics")).text
     assert 'method="HEAD",route="/healthz",status="200"' in metrics
+
+
+async def test_store_rules_are_in_the_schemas(client: httpx.AsyncClient) -> None:
+    doc = await _doc(client)
+    schemas = doc["components"]["schemas"]
+    item = schemas["ItemIn"]["properties"]
+    assert set(item["role"]["enum"]) == {"system", "developer", "user", "assistant", "tool"}
+    assert item["content"]["anyOf"][0]["maxLength"] == 100_000
+    title = schemas["CreateConversationBody"]["properties"]["title"]["anyOf"][0]
+    assert title["maxLength"] == 500
+    assert schemas["CreateItemsBody"]["properties"]["items"]["maxItems"] == 100
+    params = doc["paths"]["/v1/conversations/{conversation_id}/items"]["get"]["parameters"]
+    limit = next(p for p in params if p["name"] == "limit")["schema"]
+    assert (limit["minimum"], limit["maximum"]) == (1, 200)
+    conversation_id = next(p for p in params if p["name"] == "conversation_id")["schema"]
+    assert conversation_id["maxLength"] == 64
+    assert "pattern" in conversation_id
+    # A role the store refuses is refused as documented.
+    made = await client.post("/v1/conversations", json={"items": [{"role": "bot", "content": "x"}]})
+    assert_problem(made, 422, "validation_error")

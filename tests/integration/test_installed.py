@@ -96,12 +96,12 @@ def _env(venv: Path, data: Path, port: int) -> dict[str, str]:
     }
 
 
-def _as_image_user(venv: Path) -> dict[str, int]:
+def _as_image_user(venv: Path) -> int | None:
     """The image's ``USER``: a non-root uid when the tests run as root (containers, CI) and
-    that user can run the venv's interpreter."""
+    that user can run the venv's interpreter; None keeps the current user."""
     if os.geteuid() != 0 or not _world_reachable((venv / "bin" / "python").resolve().parent):
-        return {}
-    return {"user": NOBODY, "group": NOBODY}
+        return None
+    return NOBODY
 
 
 def test_non_editable_install_migrates_and_serves_from_another_directory(
@@ -125,7 +125,8 @@ def test_non_editable_install_migrates_and_serves_from_another_directory(
             capture_output=True,
             text=True,
             check=True,
-            **user,
+            user=user,
+            group=user,
         ).stdout.split()
         assert all(p.startswith(str(image)) for p in where), where  # the install, not the clone
         assert str(ROOT) not in " ".join(where)
@@ -138,7 +139,8 @@ def test_non_editable_install_migrates_and_serves_from_another_directory(
             text=True,
             timeout=120,
             check=False,
-            **user,
+            user=user,
+            group=user,
         )
         assert migrate.returncode == 0, migrate.stderr[-2000:]
         assert "migrated" in migrate.stdout
@@ -160,7 +162,8 @@ def test_non_editable_install_migrates_and_serves_from_another_directory(
                 env=run_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                **user,
+                user=user,
+                group=user,
             )
             log.close()
             try:

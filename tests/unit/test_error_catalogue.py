@@ -34,7 +34,7 @@ def test_catalogue_imports_no_web_framework() -> None:
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("cls", sorted(catalogue().values(), key=lambda c: c.code))
+@pytest.mark.parametrize("cls", [catalogue()[code] for code in sorted(catalogue())])
 def test_every_problem_carries_the_openai_envelope(cls: type[KeelError]) -> None:
     body = cls("Something specific.").problem("rid-1")
     assert body["error"]["message"] == body["detail"] == "Something specific."

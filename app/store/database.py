@@ -25,7 +25,7 @@ from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from app.settings import StoreSettings
 from app.store.db_errors import translate
@@ -34,6 +34,7 @@ from app.store.write_batch import Job, WriteBatcher
 T = TypeVar("T")
 
 # sqlite3.OperationalError arrives raw from the SQLite fast path (sqlite_fastpath.py).
+_SQLITE_POOL = 8
 _TRANSIENT = (sa_exc.DBAPIError, sa_exc.TimeoutError, ConnectionError, sqlite3.OperationalError)
 
 
@@ -61,6 +62,16 @@ class Database:
         writes (group commit on SQLite, see ``write_batch.py``). ``job`` may therefore run
         twice after a rollback: keep side effects other than the store's out of it."""
         return await self._batcher.run(job)
+
+    def pool_saturated(self) -> bool:
+        """Every pooled connection is checked out: a new transaction would queue for one."""
+        pool = self.engine.pool
+        if not isinstance(pool, QueuePool):
+            return False
+        limit = (
+            _SQLITE_POOL if self.is_sqlite else self.store.pool_size + self.store.pool_max_overflow
+        )
+        return pool.checkedout() >= limit
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -112,7 +123,7 @@ def _create_engine(url: str, store: StoreSettings) -> AsyncEngine:
         create_async_engine(
             url,
             # A small pool: one writer at a time anyway, plus readers under WAL.
-            pool_size=8,
+            pool_size=_SQLITE_POOL,
             max_overflow=0,
             pool_timeout=store.pool_timeout_s,
             connect_args={"timeout": store.sqlite_busy_timeout_ms / 1000},

@@ -107,7 +107,6 @@ def create_app(
                 lifecycle=lifecycle,
                 runtime=runtime,
                 chat=chat_parts.service,
-                chat_records=chat_parts.records,
                 guards=chat_parts.guards,
                 readiness=ready,
             )

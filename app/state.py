@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import HTTPConnection
 
 if TYPE_CHECKING:
-    from app.chat.records import ChatRecords
     from app.chat.service import ChatService
     from app.core import TaskGroup
     from app.lifecycle.service import LifecycleService
@@ -48,7 +47,6 @@ class AppState:
     lifecycle: LifecycleService
     runtime: RuntimeManager
     chat: ChatService
-    chat_records: ChatRecords
     guards: Mapping[str, ProviderGuard]
     readiness: ReadinessService
 

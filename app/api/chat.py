@@ -1,10 +1,11 @@
-"""OpenAI-compatible chat and model listing. Parses and renders; ChatService decides who
-answers, ChatRecords what the turn leaves behind."""
+"""OpenAI-compatible chat and model listing. Parse, ``await chat.answer(...)``, render: the
+chat package (``app/chat/turn.py``) holds the deadline, the idempotency lease, the record of
+the turn and the cancellation metrics."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,41 +16,23 @@ from pydantic import ValidationError
 from app.api.deps import ChatDep
 from app.api.idempotency import idempotency_request, to_response
 from app.api.problems import error_event
-from app.chat.records import (
-    ChatRecords,
-    StreamTranscript,
-    completion_text,
-    new_user_turns,
-)
-from app.chat.relay import ClientDisconnected, EventStreamResponse, until_disconnect
+from app.chat.records import new_user_turns
+from app.chat.relay import EventStreamResponse
 from app.chat.schemas import MAX_CONTENT_CHARS, ChatRequest, content_chars
-from app.chat.service import Answer
-from app.chat.targets import Target
+from app.chat.turn import ChatCall, Reply
 from app.core import request_id as request_id_of
-from app.errors import (
-    DeadlineExceeded,
-    KeelError,
-    ModelNotFound,
-    PayloadTooLarge,
-    UpstreamError,
-    ValidationFailed,
-)
-from app.observability.metrics import Metrics
+from app.errors import KeelError, ModelNotFound, PayloadTooLarge, ValidationFailed
 from app.providers.local import LocalProvider
-from app.resilience.failures import UpstreamFailure
 from app.runtime.slot import current_request_id
 from app.state import app_state
-from app.store.conversation_models import NewMessage
-from app.store.idempotency import Claim, IdempotencyRequest, StoredResponse
 
 router = APIRouter(tags=["chat"])
 log = logging.getLogger("keel.chat")
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody receives it, the metrics and log do
-_DONE = b"data: [DONE]"
 
 
-def _timeout_header(value: str | None) -> float | None:
+def timeout_header(value: str | None) -> float | None:
     if value is None:
         return None
     try:
@@ -66,10 +49,6 @@ def _timeout_header(value: str | None) -> float | None:
             },
         )
     return seconds
-
-
-def _answer_headers(answer: Answer) -> dict[str, str]:
-    return {"x-keel-target": answer.target.id, "x-keel-attempts": str(answer.attempts)}
 
 
 @router.post(
@@ -100,9 +79,7 @@ async def chat_completions(request: Request) -> Response:
     parameter on each call, which measured at a third of Keel's own cost per completion
     (docs/benchmarks.md). The body is validated by pydantic-core directly, with the same
     422 problem as everywhere else."""
-    state = app_state(request)
-    chat = state.chat
-    records = state.chat_records
+    chat = app_state(request).chat
     request_id = request_id_of(request.scope) or ""
     current_request_id.set(request_id)  # lets POST /v1/requests/{id}/cancel find a local run
     payload = _parse(await request.body())
@@ -121,81 +98,35 @@ async def chat_completions(request: Request) -> Response:
     cid = payload.conversation_id
     turns = new_user_turns(body["messages"]) if cid else []
     if cid:
-        await records.check_conversation(cid)
-    return await answer_and_render(
-        request, body, targets, key, stream=payload.stream, cid=cid, turns=turns
+        await chat.check_conversation(cid)
+    call = ChatCall(
+        body,
+        targets,
+        payload.stream,
+        key,
+        conversation_id=cid,
+        turns=turns,
+        timeout_s=timeout_header(request.headers.get("x-request-timeout")),
+        request_id=request_id,
     )
+    return render(await chat.answer(call, request.receive), request_id)
 
 
-async def answer_and_render(
-    request: Request,
-    body: dict[str, Any],
-    targets: list[Target],
-    key: IdempotencyRequest | None,
-    *,
-    stream: bool,
-    cid: str | None = None,
-    turns: list[NewMessage] | None = None,
-    path: str | None = None,
-) -> Response:
-    """From a parsed request to its response: deadline, idempotency claim, the answer under
-    the guard, what the turn leaves behind. Chat and the relayed endpoints (``path``:
-    ``embeddings``, ``completions``) share it."""
-    state = app_state(request)
-    chat = state.chat
-    records = state.chat_records
-    metrics = state.metrics
-    request_id = request_id_of(request.scope) or ""
-    turns = turns or []
-    deadline = chat.deadline_for(targets, _timeout_header(request.headers.get("x-request-timeout")))
-    claim: Claim | None = None
-    if key is not None:
-        got = await records.idempotency.begin(key)
-        if isinstance(got, StoredResponse):
-            return to_response(got)  # the stored answer; no upstream is called
-        claim = got
-
-    try:
-        answer = await until_disconnect(
-            request.receive,
-            lambda: (chat.open_stream if stream else chat.complete)(body, targets, deadline, path),
-        )
-    except ClientDisconnected:
-        await records.abandon(claim)
-        return _cancelled(metrics, "client_disconnect")
-    except BaseException as exc:
-        await records.abandon(claim)
-        if isinstance(exc, DeadlineExceeded):
-            metrics.cancellations.labels(reason="deadline").inc()
-        raise
-    headers = _answer_headers(answer)
-
-    if answer.stream is not None:
-        opened = answer.stream
+def render(reply: Reply, request_id: str) -> Response:
+    """A ``Reply`` as the HTTP response; after a stream's first event a failure is sent as an
+    SSE ``error`` event."""
+    if reply.cancelled:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    if reply.stream is not None:
+        stream = reply.stream
         return EventStreamResponse(
-            _relay(opened.events(), request_id, records, cid, turns, claim, headers),
-            headers=headers,
-            on_disconnect=lambda: metrics.cancellations.labels(reason="client_disconnect").inc(),
-            on_close=opened.aclose,
+            _error_events(stream.events, request_id),
+            headers=stream.headers,
+            on_disconnect=stream.on_disconnect,
+            on_close=stream.on_close,
         )
-
-    assert answer.completion is not None
-    content = answer.completion.body
-    if cid is not None or claim is not None:
-        try:
-            await records.record(
-                conversation_id=cid,
-                new_turns=turns,
-                reply=completion_text(content) if cid else None,
-                claim=claim,
-                stored=StoredResponse(
-                    200, content, {"content-type": "application/json", **headers}
-                ),
-            )
-        except BaseException:
-            await records.abandon(claim)
-            raise
-    return Response(content, media_type="application/json", headers=headers)
+    assert reply.stored is not None
+    return to_response(reply.stored)
 
 
 def _parse(raw: bytes) -> ChatRequest:
@@ -206,61 +137,16 @@ def _parse(raw: bytes) -> ChatRequest:
         raise RequestValidationError(errors) from None
 
 
-def _cancelled(metrics: Metrics, reason: str) -> Response:
-    metrics.cancellations.labels(reason=reason).inc()
-    return Response(status_code=CLIENT_CLOSED_REQUEST)
-
-
-async def _relay(
-    events: AsyncIterator[bytes],
-    request_id: str,
-    records: ChatRecords,
-    cid: str | None,
-    turns: list[NewMessage],
-    claim: Claim | None,
-    headers: dict[str, str],
+async def _error_events(
+    events: AsyncGenerator[bytes, None], request_id: str
 ) -> AsyncIterator[bytes]:
-    """Relay whole events; after the first byte a failure becomes an SSE ``error`` event.
-
-    With a conversation or an idempotency key the turn is recorded when the upstream's
-    ``[DONE]`` arrives and before it is relayed, so a client that saw ``[DONE]`` can rely on
-    the record; a stream that fails or is abandoned records nothing.
-    """
-    recording = cid is not None or claim is not None
-    transcript = StreamTranscript() if recording else None
-    finished = False
     try:
         async for event in events:
-            if transcript is not None:
-                if event.startswith(_DONE):
-                    transcript.add(event)
-                    await records.record(
-                        conversation_id=cid,
-                        new_turns=turns,
-                        reply=transcript.text,
-                        claim=claim if transcript.replayable else None,
-                        stored=StoredResponse(
-                            200,
-                            transcript.body(),
-                            {"content-type": "text/event-stream; charset=utf-8", **headers},
-                        ),
-                    )
-                    finished = True
-                else:
-                    transcript.add(event)
             yield event
-        finished = True
-    except UpstreamFailure as exc:
-        log.warning(
-            "stream failed after it started", extra={"request_id": request_id, "reason": exc.reason}
-        )
-        problem = UpstreamError("The provider's stream failed before it finished.")
-        yield error_event(problem, request_id)
     except KeelError as exc:
         yield error_event(exc, request_id)
     finally:
-        if recording and not finished:
-            await records.abandon(claim)
+        await events.aclose()
 
 
 @router.get("/v1/models")

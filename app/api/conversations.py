@@ -130,7 +130,10 @@ async def _mutate(w: _Write, effect: Effect) -> Response:
                 if stored is None:
                     stored = await effect(conn, True)
             return to_response(stored, {DRY_RUN_HEADER: "true"})
-        return to_response(await store.idempotency.run(w.key, lambda conn: effect(conn, False)))
+        stored = await store.idempotency.once(
+            w.key, lambda lease: lease.write(lambda conn: effect(conn, False))
+        )
+        return to_response(stored)
     except (VersionConflict, PreconditionFailed) as exc:
         if not w.dry_run:
             store.metrics.version_conflicts.labels(route=w.route, code=exc.code).inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -14,6 +15,7 @@ from app.errors import KeelError
 from app.store.migrate import schema_status
 
 router = APIRouter(tags=["operations"])
+CHECK_TIMEOUT_S = 2.0
 log = logging.getLogger("keel.health")
 
 
@@ -32,7 +34,14 @@ async def readyz(db: DatabaseDep) -> JSONResponse:
     """
     checks: dict[str, Any] = {}
     try:
-        status = await schema_status(db)
+        # Bounded: a probe must answer even when the pool is drained or packets are dropped.
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            status = await schema_status(db)
+    except TimeoutError:
+        saturated = db.pool_saturated()
+        checks["database"] = "pool_exhausted" if saturated else "timeout"
+        code = "overloaded" if saturated else "database_unavailable"
+        return _not_ready(code, _REASONS[code], checks)
     except KeelError as exc:  # db.read() has already told transient failures apart
         log.warning("readiness check failed: %s", exc.code, exc_info=exc.__cause__ is not None)
         checks["database"] = _DATABASE_CHECK.get(exc.code, "error")
@@ -55,7 +64,7 @@ _DATABASE_CHECK = {
 }
 _REASONS = {
     "overloaded": "every database connection is in use (pool exhausted)",
-    "database_unavailable": "database is unreachable or dropped the connection",
+    "database_unavailable": "database is unreachable, too slow, or dropped the connection",
     "schema_not_ready": "database schema is not migrated; run `keel migrate`",
 }
 

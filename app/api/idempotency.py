@@ -1,10 +1,10 @@
 """HTTP glue for the idempotency layer (``app/store/idempotency.py``).
 
-An endpoint takes two dependencies and uses them in a few lines::
+An endpoint takes two dependencies (``app/api/deps.py``) and uses them in a few lines::
 
     async def endpoint(key: IdempotencyKeyDep, idempotency: IdempotencyDep, ...) -> Response:
-        stored = await idempotency.run(key, effect)   # key is None without the header
-        return to_response(stored)
+        stored = await idempotency.once(key, lambda lease: lease.write(effect))  # key: None
+        return to_response(stored)                                              # w/o header
 
 ``IdempotencyKeyDep`` reads ``Idempotency-Key`` (1-255 visible ASCII characters, else 400
 ``bad_request``) and computes:

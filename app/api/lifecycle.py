@@ -14,14 +14,13 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import DatabaseDep, IdempotencyDep, IdempotencyKeyDep, LifecycleDep, RuntimeDep
+from app.api.deps import IdempotencyDep, IdempotencyKeyDep, LifecycleDep, RuntimeDep
 from app.api.idempotency import json_stored, to_response
 from app.api.runtime import runtime_load_event, runtime_view
 from app.lifecycle.manifest import Capability
 from app.lifecycle.progress import ProgressEvent
 from app.lifecycle.storage import StorageConfig
-from app.store.database import Database
-from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
+from app.store.idempotency import Idempotency, IdempotencyRequest, Lease, StoredResponse
 from app.values import StoragePath
 
 router = APIRouter(prefix="/v1/lifecycle", tags=["lifecycle"])
@@ -62,26 +61,18 @@ async def get_model(model_id: str, lc: LifecycleDep, runtime: RuntimeDep) -> dic
 async def _once(
     key: IdempotencyRequest | None,
     idempotency: Idempotency,
-    db: Database,
     action: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
 ) -> Response:
-    """Run ``action`` at most once per ``Idempotency-Key``: a repeat replays the first answer.
+    """``action`` at most once per ``Idempotency-Key``; a repeat replays the first answer.
+    Starting a download is not a store write (a task starts), so the key is held first."""
 
-    Starting a download is not a store write alone (a task starts), so the key is claimed
-    first, the job started, then the answer recorded; a failure releases the claim.
-    """
-    if key is None:
-        status, payload = await action()
-        return JSONResponse(payload, status_code=status)
-    got = await idempotency.begin(key)
-    if isinstance(got, StoredResponse):
-        return to_response(got)
-    async with idempotency.held(got) as claim:
+    async def work(lease: Lease) -> StoredResponse:
+        await lease.hold()
         status, payload = await action()
         stored = json_stored(status, payload)
-        async with db.write() as conn:
-            await idempotency.complete(conn, claim, stored)
-    return to_response(stored)
+        return await lease.record(stored)
+
+    return to_response(await idempotency.once(key, work))
 
 
 @router.post("/models/{model_id}/download")
@@ -90,7 +81,6 @@ async def download_model(
     lc: LifecycleDep,
     key: IdempotencyKeyDep,
     idempotency: IdempotencyDep,
-    db: DatabaseDep,
     dry_run: DryRun = False,
 ) -> Response:
     model = lc.manager.model(model_id)
@@ -102,7 +92,7 @@ async def download_model(
         job = result["jobs"][0] if result["jobs"] else None
         return (202 if job else 200), {"job": job, "model": result["models"][0]}
 
-    return await _once(key, idempotency, db, start)
+    return await _once(key, idempotency, start)
 
 
 @router.delete("/models/{model_id}/download")
@@ -118,7 +108,6 @@ async def download_bundle(
     lc: LifecycleDep,
     key: IdempotencyKeyDep,
     idempotency: IdempotencyDep,
-    db: DatabaseDep,
     dry_run: DryRun = False,
 ) -> Response:
     ids = list(dict.fromkeys(body.models))
@@ -130,7 +119,7 @@ async def download_bundle(
         result = await lc.download(models, dry_run=False)
         return (202 if result["jobs"] else 200), result
 
-    return await _once(key, idempotency, db, start)
+    return await _once(key, idempotency, start)
 
 
 @router.get("/downloads")
@@ -190,14 +179,13 @@ async def verify_model(
     lc: LifecycleDep,
     key: IdempotencyKeyDep,
     idempotency: IdempotencyDep,
-    db: DatabaseDep,
 ) -> Response:
     model = lc.manager.model(model_id)
 
     async def verify() -> tuple[int, dict[str, Any]]:
         return 200, await lc.verify(model)
 
-    return await _once(key, idempotency, db, verify)
+    return await _once(key, idempotency, verify)
 
 
 @router.delete("/models/{model_id}")

@@ -1,6 +1,6 @@
 """OpenAI's ``/v1/embeddings`` and legacy ``/v1/completions``, relayed to providers through
 the same path as chat: routing and fallbacks, deadline, breaker, retries, idempotency, metrics
-(``answer_and_render``). Keel validates only what it needs to route; every other field passes
+(``ChatService.answer``). Keel validates only what it needs to route; every other field passes
 through to the provider untouched."""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.api.chat import answer_and_render
+from app.api.chat import render, timeout_header
 from app.api.idempotency import idempotency_request
+from app.chat.turn import ChatCall
+from app.core import request_id as request_id_of
 from app.state import app_state
 
 router = APIRouter(tags=["chat"])
@@ -63,10 +65,18 @@ async def _relay(
     request: Request, path: str, payload: EmbeddingsRequest | CompletionsRequest, *, stream: bool
 ) -> Response:
     chat = app_state(request).chat
+    request_id = request_id_of(request.scope) or ""
     key = await idempotency_request(request)
-    targets = chat.relay_targets(payload.model, path)
-    body = payload.model_dump(exclude_unset=True)
-    return await answer_and_render(request, body, targets, key, stream=stream, path=path)
+    call = ChatCall(
+        payload.model_dump(exclude_unset=True),
+        chat.relay_targets(payload.model, path),
+        stream,
+        key,
+        timeout_s=timeout_header(request.headers.get("x-request-timeout")),
+        path=path,
+        request_id=request_id,
+    )
+    return render(await chat.answer(call, request.receive), request_id)
 
 
 def _parse(model: type[M], raw: bytes) -> M:

@@ -30,7 +30,6 @@ class Chat:
     """The chat component's resources."""
 
     service: ChatService
-    records: ChatRecords
     guards: Mapping[str, ProviderGuard]
 
 
@@ -82,9 +81,9 @@ async def _chat(inputs: ChatInputs, clock: Clock | None) -> AsyncIterator[Chat]:
         targets = TargetResolver(
             settings.routes, {n: p.model_names() for n, p in providers.items()}
         )
-        service = ChatService(settings, targets, providers, guards, core.metrics)
         records = ChatRecords(store.db, store.conversations, store.idempotency)
-        yield Chat(service, records, guards)
+        service = ChatService(settings, targets, providers, guards, core.metrics, records=records)
+        yield Chat(service, guards)
     finally:
         for guard in guards.values():
             await guard.aclose()  # stops its prober

@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from app.errors import ValidationFailed
 from app.store.conversation_models import NewMessage
 from app.store.conversations import ConversationService
 from app.store.database import Database
-from app.store.idempotency import Claim, Idempotency, StoredResponse
+from app.store.idempotency import Idempotency, Lease, StoredResponse
 
 log = logging.getLogger("keel.chat.records")
 
@@ -38,25 +40,24 @@ class ChatRecords:
 
     async def record(
         self,
+        lease: Lease,
         *,
         conversation_id: str | None,
         new_turns: Sequence[NewMessage],
         reply: str | None,
-        claim: Claim | None,
         stored: StoredResponse,
     ) -> None:
-        if conversation_id is None and claim is None:
+        """The conversation append and the key's response, in one write transaction."""
+        if conversation_id is None and not lease.keyed:
             return
-        async with self.db.write() as conn:
+
+        async def append(conn: AsyncConnection) -> StoredResponse:
             if conversation_id is not None:
                 turns = [*new_turns, NewMessage("assistant", reply or "")]
                 await self.conversations.append(conn, conversation_id, turns)
-            if claim is not None:
-                await self.idempotency.complete(conn, claim, stored)
+            return stored
 
-    async def abandon(self, claim: Claim | None) -> None:
-        if claim is not None:
-            await self.idempotency.abandon(claim)
+        await lease.write(append)
 
 
 def new_user_turns(messages: Sequence[dict[str, Any]]) -> list[NewMessage]:

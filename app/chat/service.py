@@ -16,11 +16,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from app.chat import hedge
+from app.chat.records import ChatRecords
 from app.chat.resilience import to_catalogue, upstream_error
 from app.chat.targets import Target, TargetResolver
+from app.chat.turn import ChatCall, Reply, answer
 from app.errors import (
     CapabilityUnavailable,
     CircuitOpen,
@@ -32,6 +34,7 @@ from app.errors import (
 )
 from app.observability.metrics import Metrics
 from app.providers.base import ChatStream, Completion, Provider, RelayProvider
+from app.providers.upstream_checks import carries_content
 from app.resilience.clock import Clock, MonotonicClock
 from app.resilience.deadline import Deadline
 from app.resilience.errors import DeadlinePassed, ResilienceError
@@ -39,11 +42,15 @@ from app.resilience.failures import UpstreamFailure
 from app.resilience.guard import ProviderGuard
 from app.settings import Settings
 
+if TYPE_CHECKING:
+    from starlette.types import Receive
+
 log = logging.getLogger("keel.chat")
 
 T = TypeVar("T")
 
 
+_MAX_HELD_EVENTS = 8  # events without content held back before a stream counts as answered
 _MIN_HEDGE_S = 0.05  # a "p95" hedge never fires sooner than this
 
 
@@ -92,6 +99,7 @@ class ChatService:
         guards: dict[str, ProviderGuard],
         metrics: Metrics,
         clock: Clock | None = None,
+        records: ChatRecords | None = None,
     ) -> None:
         self.settings = settings
         self.targets = targets
@@ -99,6 +107,17 @@ class ChatService:
         self.guards = guards
         self.metrics = metrics
         self.clock = clock or MonotonicClock()
+        self.records = records
+
+    async def check_conversation(self, conversation_id: str) -> None:
+        """Fail before spending an upstream call on a conversation that does not exist."""
+        assert self.records is not None
+        await self.records.check_conversation(conversation_id)
+
+    async def answer(self, call: ChatCall, receive: Receive) -> Reply:
+        """The whole turn (``app/chat/turn.py``): deadline, idempotency, answer, record."""
+        assert self.records is not None, "built without records (unit tests call complete())"
+        return await answer(self, self.records, call, receive)
 
     def deadline_for(self, targets: list[Target], requested_s: float | None) -> Deadline:
         """The route's default (its first target's ``timeout_s``, else the global default),
@@ -172,6 +191,14 @@ class ChatService:
             try:
                 async with d.bound():
                     first = await anext(events)
+                    # Hold back events with nothing of the answer (a role-only delta): an
+                    # in-band error right after them still retries or falls back.
+                    held: list[bytes] = []
+                    while not carries_content(first) and len(held) < _MAX_HELD_EVENTS:
+                        held.append(first)
+                        first = await anext(events)
+                    if held:
+                        first, events = held[0], _chain([*held[1:], first], events)
             except StopAsyncIteration:
                 await stream.aclose()
                 raise UpstreamFailure("stream_empty") from None
@@ -338,3 +365,10 @@ def _costed(exc: KeelError, attempts: int) -> KeelError:
 async def _discard(result: Answer | KeelError) -> None:
     if isinstance(result, Answer) and result.stream is not None:
         await result.stream.aclose()
+
+
+async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for event in head:
+        yield event
+    async for event in rest:
+        yield event

@@ -33,7 +33,10 @@ CHECK_STATES = ("ok", "warn", "fail", "running")
 
 # engine -> (the module its runtime imports, how to install it)
 ENGINES: dict[str, tuple[str, str]] = {
-    "llama_cpp": ("llama_cpp", "pip install llama-cpp-python into Keel's environment"),
+    "llama_cpp": (
+        "llama_cpp",
+        "pip install 'keel[local]' (llama-cpp-python) into Keel's environment",
+    ),
 }
 
 FindSpec = Callable[[str], bool]

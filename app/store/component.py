@@ -53,6 +53,5 @@ async def store_component(core: Core) -> AsyncIterator[Store]:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
-            await idempotency.aclose()
     finally:
         await db.dispose()

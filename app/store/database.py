@@ -1,6 +1,7 @@
 """The async engine and the transaction boundary.
 
-``Database.write()`` and ``Database.read()`` are the only ways to reach the store. A write is one
+``Database.write()``, ``write_batched(job)`` (group commit) and ``read()`` are the only ways
+to reach the store. A write is one
 short transaction: on SQLite it starts with ``BEGIN IMMEDIATE`` and is serialised by an asyncio
 lock, because a deferred transaction that upgrades to a writer fails with ``database is locked``
 without ever calling the busy handler; on PostgreSQL writes run concurrently and rely on row
@@ -18,18 +19,22 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from app.settings import StoreSettings
 from app.store.db_errors import translate
+from app.store.write_batch import Job, WriteBatcher
+
+T = TypeVar("T")
 
 # sqlite3.OperationalError arrives raw from the SQLite fast path (sqlite_fastpath.py).
+_SQLITE_POOL = 8
 _TRANSIENT = (sa_exc.DBAPIError, sa_exc.TimeoutError, ConnectionError, sqlite3.OperationalError)
 
 
@@ -50,6 +55,23 @@ class Database:
             )
         )
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._batcher = WriteBatcher(self)
+
+    async def write_batched(self, job: Job[T]) -> T:
+        """``job(conn)`` in a committed write transaction that it may share with other queued
+        writes (group commit on SQLite, see ``write_batch.py``). ``job`` may therefore run
+        twice after a rollback: keep side effects other than the store's out of it."""
+        return await self._batcher.run(job)
+
+    def pool_saturated(self) -> bool:
+        """Every pooled connection is checked out: a new transaction would queue for one."""
+        pool = self.engine.pool
+        if not isinstance(pool, QueuePool):
+            return False
+        limit = (
+            _SQLITE_POOL if self.is_sqlite else self.store.pool_size + self.store.pool_max_overflow
+        )
+        return pool.checkedout() >= limit
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -89,6 +111,7 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        await self._batcher.aclose()  # queued writes finish before the engine goes
         await self.engine.dispose()
 
 
@@ -100,7 +123,7 @@ def _create_engine(url: str, store: StoreSettings) -> AsyncEngine:
         create_async_engine(
             url,
             # A small pool: one writer at a time anyway, plus readers under WAL.
-            pool_size=8,
+            pool_size=_SQLITE_POOL,
             max_overflow=0,
             pool_timeout=store.pool_timeout_s,
             connect_args={"timeout": store.sqlite_busy_timeout_ms / 1000},

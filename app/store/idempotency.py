@@ -3,41 +3,32 @@
 A request is identified by ``IdempotencyRequest(key, scope, fingerprint, route)``: the client's
 key; the scope (method + route template + caller) the key lives in; and a SHA-256 fingerprint of
 the canonical request, so the same key with a different request is refused (422). Build one
-with ``app.api.idempotency.IdempotencyKeyDep`` in a FastAPI endpoint.
+with ``IdempotencyKeyDep`` (``app/api/deps.py``) in a FastAPI endpoint.
 
-Two ways to use it:
+The one path: ``await idempotency.once(key, work)``, used by chat, conversations and lifecycle
+alike. ``work`` gets a ``Lease`` and does what its request does; the lease is how it touches
+the key:
 
-(a) The effect is a store write. ``run(request, effect)`` claims the key, runs ``effect(conn)``
-    and records its response in ONE write transaction, so the key row and the effect commit
-    together; an exception rolls both back (failures are never stored, a retry re-executes)::
+- ``await lease.write(effect)``: run ``effect(conn)`` (a store write returning the response)
+  in one batched write transaction (``Database.write_batched``) together with the key: claimed
+  there unless the work ``hold``s it already, and completed with the response. The key row and
+  the effect commit or roll back together. Conversations use only this.
+- ``await lease.hold()``: claim the key now, with a lease, before work that happens outside the
+  store (an upstream call, starting a download); a twin request meanwhile gets 409
+  ``idempotency_in_progress``. ``lease.write(effect)`` or ``lease.record(response)`` then
+  completes it. A claim older than its lease (its holder crashed) is taken over by the next
+  request with the same key.
+- ``lease.hand_off()``: the work returns while something it started (a stream) still owns the
+  key; that holder calls ``write``/``record`` or ``abandon`` itself.
 
-        response = await idempotency.run(key, lambda conn: do_write_and_render(conn))
+A replay (the key already has a response) ends the work early: ``once`` returns the stored
+response instead of the work's result. When the work raises, is cancelled, or returns without
+completing a held key, the claim is abandoned so the client can retry; failures are never
+stored. Without a key the lease claims nothing and ``write`` is a plain batched write.
 
-(b) The effect takes long and happens outside the store (a chat completion calling an upstream).
-    ``begin`` commits an ``in_progress`` claim with a lease; a twin request meanwhile gets 409
-    ``idempotency_in_progress``; ``complete(conn, ...)`` records the response inside the
-    caller's write transaction (with its conversation append); ``abandon`` (or ``held``)
-    deletes the claim when the work fails so the client can retry. A claim older than its
-    lease (its holder crashed) is taken over by the next request with the same key::
-
-        got = await idempotency.begin(key)
-        if isinstance(got, StoredResponse):
-            return to_response(got)              # replayed: no upstream call
-        async with idempotency.held(got) as claim:  # abandons on error or cancellation
-            answer = await call_upstream()
-            response = json_stored(200, render(answer))
-            async with db.write() as conn:
-                await conversations.append(conn, conversation_id, [user_turn, assistant_turn])
-                await idempotency.complete(conn, claim, response)
-        return to_response(response)
-
-    (``to_response`` and ``json_stored`` are in ``app/api/idempotency.py``.)
-
-Rules: validate the request before ``begin``/``run`` (validation failures are never stored);
-only a completed response is stored, so an error rolls back (a) or is abandoned (b) and a
-retry runs again; ``run`` and ``begin`` open their own transactions, so never call them inside
-``db.write()`` (on SQLite that would wait for itself); inside a transaction of your own use
-``claim(conn, ...)`` + ``complete(conn, ...)``. A dry run calls ``peek`` (read-only).
+Validate the request before ``once`` (validation failures are never stored). A dry run calls
+``peek`` (read-only). ``begin``/``claim``/``complete``/``abandon`` are the primitives ``once``
+is made of.
 
 Rows expire ``idempotency_ttl_s`` after the claim; ``sweep`` deletes expired rows in bounded
 batches and the lifespan runs it every ``sweep_interval_s``.
@@ -48,10 +39,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -61,7 +52,6 @@ from app.settings import StoreSettings
 from app.store import idempotency_repository as repo
 from app.store.database import Database
 from app.store.timeutil import utcnow
-from app.store.write_batch import WriteBatcher
 
 log = logging.getLogger("keel.store.idempotency")
 
@@ -96,6 +86,7 @@ class Claim:
 
 
 Effect = Callable[[AsyncConnection], Awaitable[StoredResponse]]
+T = TypeVar("T")
 
 
 class Idempotency:
@@ -110,33 +101,36 @@ class Idempotency:
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
-        self.writes = WriteBatcher(db)
 
-    # -- (a) effect inside one store transaction --
+    async def once(
+        self,
+        key: IdempotencyRequest | None,
+        work: Callable[[Lease], Awaitable[T]],
+        *,
+        lease_s: float | None = None,
+    ) -> T | StoredResponse:
+        """Run ``work`` at most once per key: the stored response for a replay, else its result.
 
-    async def run(self, request: IdempotencyRequest | None, effect: Effect) -> StoredResponse:
-        """Run ``effect`` in one write transaction together with the key (if any).
-
-        The transaction may be shared with other queued writes (group commit on SQLite, see
-        ``write_batch.py``), so ``effect`` may run twice: keep side effects other than the
-        store's out of it. Returns after the commit.
+        ``lease_s``: how long a ``hold`` keeps twins out (default ``idempotency_lease_s``); set
+        it at least as long as the work may take.
         """
-        if request is None:
-            return await self.writes.run(effect)
+        lease = Lease(self, key, lease_s)
+        try:
+            result = await work(lease)
+        except _Replay as replay:
+            return replay.stored
+        except BaseException:
+            await lease.abandon()
+            raise
+        if not lease.handed_off:
+            await lease.abandon()  # held but never completed: free the key for a retry
+        return result
 
-        async def job(conn: AsyncConnection) -> StoredResponse:
-            got = await self.claim(conn, request)
-            if isinstance(got, StoredResponse):
-                return got
-            response = await effect(conn)
-            await self.complete(conn, got, response)
-            return response
+    def lease(self, key: IdempotencyRequest | None) -> Lease:
+        """A lease outside ``once`` (``lease(None)``: a plain batched write)."""
+        return Lease(self, key, None)
 
-        response = await self.writes.run(job)
-        self._count(request, response)
-        return response
-
-    # -- (b) long effects outside the store --
+    # -- the primitives ``once`` is made of --
 
     async def begin(
         self, request: IdempotencyRequest, *, lease_s: float | None = None
@@ -149,7 +143,7 @@ class Idempotency:
         """
         async with self.db.write() as conn:
             got = await self.claim(conn, request, lease_s=lease_s)
-        self._count(request, got)
+        self.count(request, got)
         return got
 
     async def complete(self, conn: AsyncConnection, claim: Claim, response: StoredResponse) -> None:
@@ -181,17 +175,6 @@ class Idempotency:
         Shielded: it finishes even when the caller is being cancelled (client disconnect).
         """
         await asyncio.shield(self._release(claim))
-
-    @asynccontextmanager
-    async def held(self, claim: Claim) -> AsyncIterator[Claim]:
-        """Abandon ``claim`` if the block raises or is cancelled."""
-        try:
-            yield claim
-        except BaseException:
-            await self.abandon(claim)
-            raise
-
-    # -- shared --
 
     async def claim(
         self, conn: AsyncConnection, request: IdempotencyRequest, *, lease_s: float | None = None
@@ -263,10 +246,7 @@ class Idempotency:
             except Exception as exc:  # keep sweeping; the store may be back next time
                 log.warning("idempotency sweep failed", exc_info=exc)
 
-    async def aclose(self) -> None:
-        await self.writes.aclose()
-
-    def _count(self, request: IdempotencyRequest, got: Claim | StoredResponse) -> None:
+    def count(self, request: IdempotencyRequest, got: Claim | StoredResponse) -> None:
         # After the commit: a batch that rolled back and re-ran must not count twice.
         if isinstance(got, StoredResponse) and got.replayed:
             self.metrics.idempotent_replays.labels(route=request.route).inc()
@@ -275,6 +255,84 @@ class Idempotency:
         req = claim.request
         async with self.db.write() as conn:
             await repo.release(conn, key=req.key, scope=req.scope, owner=claim.owner)
+
+
+class _Replay(Exception):  # control flow inside ``once``, never seen outside
+    def __init__(self, stored: StoredResponse) -> None:
+        self.stored = stored
+
+
+class Lease:
+    """How ``once``'s work touches the key (see the module docstring)."""
+
+    def __init__(
+        self, idempotency: Idempotency, key: IdempotencyRequest | None, lease_s: float | None
+    ) -> None:
+        self._idem = idempotency
+        self.key = key
+        self._lease_s = lease_s
+        self._claim: Claim | None = None
+        self.settled = key is None
+        self.handed_off = False
+
+    @property
+    def keyed(self) -> bool:
+        return self.key is not None
+
+    async def hold(self) -> None:
+        """Claim the key now (before work outside the store); a replay ends the work."""
+        if self.key is None or self._claim is not None:
+            return
+        got = await self._idem.begin(self.key, lease_s=self._lease_s)
+        if isinstance(got, StoredResponse):
+            self.settled = True
+            raise _Replay(got)
+        self._claim = got
+
+    async def write(self, effect: Effect) -> StoredResponse:
+        """``effect`` and the key's response in one committed write transaction."""
+        idem = self._idem
+        key, held = self.key, self._claim
+        if key is None:
+            return await idem.db.write_batched(effect)
+
+        async def job(conn: AsyncConnection) -> StoredResponse:
+            claim = held
+            if claim is None:
+                got = await idem.claim(conn, key)
+                if not isinstance(got, Claim):
+                    return got  # a replay: nothing else runs
+                claim = got
+            response = await effect(conn)
+            await idem.complete(conn, claim, response)
+            return response
+
+        response = await idem.db.write_batched(job)
+        self.settled = True
+        if held is None:
+            idem.count(key, response)  # after the commit: a re-run batch must not count twice
+            if response.replayed:
+                raise _Replay(response)
+        return response
+
+    async def record(self, response: StoredResponse) -> StoredResponse:
+        """Complete the key with ``response`` (no other write); without a key, nothing."""
+        if self.key is None:
+            return response
+
+        async def same(conn: AsyncConnection) -> StoredResponse:
+            return response
+
+        return await self.write(same)
+
+    def hand_off(self) -> Lease:
+        self.handed_off = True
+        return self
+
+    async def abandon(self) -> None:
+        if self._claim is not None and not self.settled:
+            self.settled = True
+            await self._idem.abandon(self._claim)
 
 
 def _decide(row: repo.KeyRow, request: IdempotencyRequest, now: datetime) -> StoredResponse | None:

@@ -2,10 +2,10 @@
 
 SQLite has one writer at a time and, through aiosqlite, every statement, BEGIN and COMMIT is a
 round trip to the connection's thread. Under load the transaction overhead, not the statements,
-bounds throughput. ``WriteBatcher.run(job)`` therefore queues ``job`` and a flush task runs
-the queued jobs one after another inside ONE ``Database.write()`` transaction; each caller gets
-its result only after that transaction has committed, so an acknowledged write is durable
-exactly as if it had committed alone.
+bounds throughput. ``Database.write_batched(job)`` (``WriteBatcher.run``) therefore queues
+``job`` and a flush task runs the queued jobs one after another inside ONE ``Database.write()``
+transaction; each caller gets its result only after that transaction has committed, so an
+acknowledged write is durable exactly as if it had committed alone.
 
 Jobs share a transaction optimistically. When one raises, the transaction rolls back; that job
 runs again alone (its own transaction, so its error is the one it would have had alone), and
@@ -25,11 +25,13 @@ import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.store.database import Database
+if TYPE_CHECKING:
+    from app.store.database import Database
+
 
 T = TypeVar("T")
 Job = Callable[[AsyncConnection], Awaitable[T]]

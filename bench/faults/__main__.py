@@ -1,13 +1,13 @@
 """Keel under injected faults: the scenarios of issue 14, against Keel alone.
 
-    .venv/bin/python -m bench.faults [--requests 60] [--concurrency 8] [--outage-s 10]
+    .venv/bin/python -m bench.faults [--requests 40] [--concurrency 8] [--outage-s 8]
 
 Keel runs in a thread in front of one or two fake upstreams (``tests/fakes/upstream.py``) on
 127.0.0.1, with its shipped defaults except where a scenario says otherwise. Each scenario
 starts a fresh Keel (fresh breakers) and prints success rate, upstream calls per request,
 p50/p99 latency, and for the outage the time from recovery to the first success. A healthy
 run comes first: on a busy machine absolute latencies are noise, the ratios to it are not.
-The outage defaults to 10 s so that the whole run stays near a minute; ``--outage-s 20`` is
+The outage defaults to 8 s so that the whole run stays near a minute; ``--outage-s 20`` is
 issue 14's scenario. Figures: docs/benchmarks.md.
 """
 
@@ -106,15 +106,10 @@ async def drive(
     return ok, latencies, reported
 
 
-def simple(
-    name: str, n: int, c: int, setup: Callable[[FakeUpstream], None], *, warm_up: int = 0
-) -> Figures:
+def simple(name: str, n: int, c: int, setup: Callable[[FakeUpstream], None]) -> Figures:
     with FakeUpstream(seed=14) as up:
         setup(up)
         with keel({"cloud": provider(up.base_url)}, {"chat": ["cloud/small"]}) as url:
-            if warm_up:  # the first requests of a process pay for imports and connections
-                asyncio.run(drive(url, warm_up, c))
-                up.requests.clear()
             ok, lat, _ = asyncio.run(drive(url, n, c))
         return Figures(name, n, ok, up.calls, lat)
 
@@ -224,13 +219,16 @@ def disconnects(n: int) -> Figures:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--outage-s", type=float, default=10.0)
+    parser.add_argument("--outage-s", type=float, default=8.0)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     n, c = args.requests, args.concurrency
-    healthy = simple("healthy (baseline)", n, c, lambda up: None, warm_up=2 * c)
+    # The process's first Keel pays for lazy imports and first-call setup; every scenario below
+    # starts a fresh, equally cold Keel and upstream, the baseline included.
+    simple("warm-up", 2 * c, c, lambda up: None)
+    healthy = simple("healthy (baseline)", n, c, lambda up: None)
     rows = [
         healthy,
         simple("15% 503", n, c, lambda up: setattr(up.faults, "error_rate", 0.15)),

@@ -83,7 +83,7 @@ async def test_missing_runtime_and_key_are_reasons_with_fixes(
     assert llm["status"] == "unavailable"
     by_code = {r["code"]: r for r in llm["reasons"]}
     assert set(by_code) == {"runtime_missing", "provider_key_missing"}
-    assert "pip install llama-cpp-python" in by_code["runtime_missing"]["action"]
+    assert "keel[local]" in by_code["runtime_missing"]["action"]
     assert API_KEY_ENV in by_code["provider_key_missing"]["action"]
 
 

@@ -8,6 +8,7 @@ import asyncio
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.errors import IdempotencyInProgress, IdempotencyKeyReused
 from app.observability.metrics import Metrics
@@ -15,7 +16,7 @@ from app.settings import StoreSettings
 from app.store.conversation_models import NewMessage
 from app.store.conversations import ConversationService
 from app.store.database import Database
-from app.store.idempotency import Claim, Idempotency, IdempotencyRequest, StoredResponse
+from app.store.idempotency import Claim, Idempotency, IdempotencyRequest, Lease, StoredResponse
 from app.store.timeutil import utcnow
 
 ROUTE = "/v1/chat/completions"
@@ -61,11 +62,10 @@ async def chat_endpoint(
     upstream_calls: list[str],
     fail: bool = False,
 ) -> StoredResponse:
-    """The shape of the chat endpoint: upstream outside the store, append + complete inside."""
-    got = await idem.begin(req)
-    if isinstance(got, StoredResponse):
-        return got  # replayed: the upstream is not called
-    async with idem.held(got) as claim:
+    """The shape of the chat turn: upstream outside the store, append + complete inside."""
+
+    async def work(lease: Lease) -> StoredResponse:
+        await lease.hold()  # a replay ends here: the upstream is not called
         upstream_calls.append(req.key)
         await asyncio.sleep(0)  # the upstream call
         if fail:
@@ -73,14 +73,15 @@ async def chat_endpoint(
         answer = f"answer {len(upstream_calls)}"
         body = f'{{"content": "{answer}"}}'.encode()
         response = StoredResponse(200, body, {"content-type": "application/json"})
-        async with db.write() as conn:
-            await service.append(
-                conn,
-                conversation_id,
-                [NewMessage("user", "question"), NewMessage("assistant", answer)],
-            )
-            await idem.complete(conn, claim, response)
-    return response
+
+        async def append(conn: AsyncConnection) -> StoredResponse:
+            turns = [NewMessage("user", "question"), NewMessage("assistant", answer)]
+            await service.append(conn, conversation_id, turns)
+            return response
+
+        return await lease.write(append)
+
+    return await idem.once(req, work)
 
 
 async def test_chat_flow_appends_atomically_and_replays_without_upstream(
@@ -133,16 +134,14 @@ async def test_in_progress_and_reused_keys(idem: Idempotency) -> None:
 
 
 async def test_cancellation_abandons_the_claim(idem: Idempotency) -> None:
-    claim = await idem.begin(request())
-    assert isinstance(claim, Claim)
     started = asyncio.Event()
 
-    async def work() -> None:
-        async with idem.held(claim):
-            started.set()
-            await asyncio.Event().wait()  # a long upstream call, then a client disconnect
+    async def work(lease: Lease) -> None:
+        await lease.hold()
+        started.set()
+        await asyncio.Event().wait()  # a long upstream call, then a client disconnect
 
-    task = asyncio.create_task(work())
+    task = asyncio.create_task(idem.once(request(), work))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -53,6 +53,28 @@ async def test_pool_exhaustion_is_503_overloaded_and_readyz_says_so(
         assert (await client.get("/v1/conversations")).status_code == 200
 
 
+async def test_readyz_answers_within_its_own_bound_when_the_pool_is_drained(
+    make_settings: Callable[..., Settings],
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool wait longer than the probe's own bound still gets an honest, prompt answer."""
+    monkeypatch.setattr("app.api.health.CHECK_TIMEOUT_S", 0.2)
+    settings = make_settings(
+        database_url=postgres_url,
+        store={"pool_size": 1, "pool_max_overflow": 0, "pool_timeout_s": 60},
+    )
+    running = asgi_client(create_app(settings))
+    async with running as client:
+        db: Database = running.state.db
+        async with db.engine.connect():
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["code"] == "overloaded"
+            assert ready.json()["checks"]["database"] == "pool_exhausted"
+        assert (await client.get("/readyz")).status_code == 200
+
+
 async def test_a_terminated_connection_is_503_database_unavailable(postgres_url: str) -> None:
     db, admin = Database(postgres_url), Database(postgres_url)
     try:

@@ -24,8 +24,20 @@ def scratch_database(url: str) -> Iterator[str]:
         finally:
             await conn.close()
 
+    async def sessions() -> int:
+        conn = await asyncpg.connect(admin)
+        try:
+            n = await conn.fetchval(
+                "SELECT sessions FROM pg_stat_database WHERE datname = $1", name
+            )
+            return int(n or 0)
+        finally:
+            await conn.close()
+
     asyncio.run(run(f'CREATE DATABASE "{name}"'))
     try:
         yield f"{url.rpartition('/')[0]}/{name}"
     finally:
+        # Connections opened over the run: more than the pool means churn (overflow).
+        print(f"PostgreSQL sessions opened on {name}: {asyncio.run(sessions())}")
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

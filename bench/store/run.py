@@ -1,13 +1,16 @@
 """Appends per second over HTTP at concurrency N, next to raw sqlite3 appends.
 
     .venv/bin/python -m bench.store [--concurrency 16] [--seconds 10] [--warmup 2]
-    .venv/bin/python -m bench.store --database-url postgresql+asyncpg://postgres@127.0.0.1:5432/x
+    .venv/bin/python -m bench.store --database-url postgresql+asyncpg://postgres@127.0.0.1:5432/x \
+        --concurrency 8 --seconds 3 --warmup 1
 
-With ``--database-url`` (PostgreSQL) it compares the backends instead: in one run it serves
-SQLite, then a fresh PostgreSQL database (created next to the URL's database, dropped
-afterwards), each without and with an Idempotency-Key per append, and reports the server
-process's CPU seconds per append (utime + stime from /proc) and the PostgreSQL / SQLite ratios.
-CPU per append survives a busy machine far better than appends per second do.
+With ``--database-url`` (PostgreSQL) it compares the backends instead: it serves SQLite and a
+fresh PostgreSQL database (created next to the URL's database, dropped afterwards) side by
+side, measures each without and with an Idempotency-Key per append in interleaved rounds, and
+reports the server process's CPU seconds per append (utime + stime from /proc) and the
+PostgreSQL / SQLite ratios. CPU per append survives a busy machine far better than appends
+per second do. Keep ``--concurrency`` at or below ``KEEL_STORE__POOL_SIZE`` (10): above it
+the pool opens and closes overflow connections, which costs more than the appends.
 
 Starts ``python -m app.cli serve`` (one uvicorn worker, SQLite in a temporary data dir) on a free
 loopback port, creates one conversation per client, and has each client append one message at a
@@ -287,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         help="a PostgreSQL URL (postgresql+asyncpg://...): compare CPU per append against "
         "SQLite in one run, without and with Idempotency-Keys",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="with --database-url: interleaved measurement rounds (default 3)",
+    )
     args = p.parse_args(argv)
     with contextlib.suppress(ImportError):
         import uvloop
@@ -341,40 +350,53 @@ def _loadavg() -> str:
 
 
 def compare_backends(args: argparse.Namespace) -> int:
-    """SQLite and PostgreSQL, each without and with keys: server CPU per append and ratios."""
+    """SQLite and PostgreSQL, each without and with keys: server CPU per append and ratios.
+
+    Both servers stay up and their measurement windows interleave (round 1: SQLite, then
+    PostgreSQL, without keys, then with; round 2: the same), so load from other processes
+    falls on both sides alike; the headline is the median of the per-round ratios.
+    """
     from bench.store.postgres import scratch_database
 
     load_before = _loadavg()
-    results: dict[tuple[str, bool], dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="keel-bench-") as tmp:
-        for keys in (False, True):
-            for backend in ("sqlite", "postgresql"):
-                data = Path(tmp) / f"{backend}-{keys}" / "data"
-                data.mkdir(parents=True)
-                env = {"KEEL_LOG_LEVEL": args.log_level}
-                with contextlib.ExitStack() as stack:
-                    if backend == "postgresql":
-                        env["KEEL_DATABASE_URL"] = stack.enter_context(
-                            scratch_database(args.database_url)
+    runs: dict[tuple[str, bool], list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="keel-bench-") as tmp, contextlib.ExitStack() as stack:
+        servers: dict[str, tuple[int, int]] = {}
+        for backend in ("sqlite", "postgresql"):
+            data = Path(tmp) / backend / "data"
+            data.mkdir(parents=True)
+            env = {"KEEL_LOG_LEVEL": args.log_level}
+            if backend == "postgresql":
+                env["KEEL_DATABASE_URL"] = stack.enter_context(scratch_database(args.database_url))
+            port = _free_port()
+            servers[backend] = (port, stack.enter_context(keel_server(data, port, env)))
+        for _ in range(args.rounds):
+            for keys in (False, True):
+                for backend, (port, pid) in servers.items():
+                    runs.setdefault((backend, keys), []).append(
+                        asyncio.run(
+                            http_bench(port, args.concurrency, args.seconds, args.warmup, keys, pid)
                         )
-                    port = _free_port()
-                    pid = stack.enter_context(keel_server(data, port, env))
-                    results[backend, keys] = asyncio.run(
-                        http_bench(port, args.concurrency, args.seconds, args.warmup, keys, pid)
                     )
     print(
         f"cpus={os.cpu_count()} python={sys.version.split()[0]} concurrency={args.concurrency} "
-        f"seconds={args.seconds} log_level={args.log_level}"
+        f"seconds={args.seconds} rounds={args.rounds} log_level={args.log_level}"
     )
-    for (backend, keys), r in results.items():
+    for (backend, keys), rs in runs.items():
         name = f"{backend}{' + Idempotency-Key' if keys else ''}"
-        print(f"{_line(name, r)}   CPU/append {r.get('server_cpu_us', 0):5.0f} us")
+        cpu = " ".join(f"{r.get('server_cpu_us', 0):.0f}" for r in rs)
+        print(f"{_line(name, rs[-1])}   CPU/append (us, per round) {cpu}")
     for keys in (False, True):
-        lite, pg = results["sqlite", keys], results["postgresql", keys]
-        if lite.get("server_cpu_us") and pg.get("server_cpu_us"):
+        ratios = [
+            pg["server_cpu_us"] / lite["server_cpu_us"]
+            for lite, pg in zip(runs["sqlite", keys], runs["postgresql", keys], strict=True)
+            if lite.get("server_cpu_us") and pg.get("server_cpu_us")
+        ]
+        if ratios:
             print(
                 f"PostgreSQL / SQLite CPU per append{' with keys' if keys else ''}: "
-                f"{pg['server_cpu_us'] / lite['server_cpu_us']:.2f}x"
+                f"{statistics.median(ratios):.2f}x (per round: "
+                f"{', '.join(f'{r:.2f}' for r in ratios)})"
             )
     print(
         f"load average before/after (other processes share the CPUs): {load_before} / {_loadavg()}"

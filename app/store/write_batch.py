@@ -14,8 +14,14 @@ Each failed batch finishes at least one job, so the loop terminates. Jobs must t
 safe to re-run after a rollback: no side effects outside the transaction (count metrics after
 ``run`` returns).
 
-On PostgreSQL writers run concurrently on their own connections; ``run`` is just
-``async with db.write() as conn: return await job(conn)``.
+On PostgreSQL every statement, BEGIN and COMMIT is a network round trip, and the round
+trips, not the statements, were most of the CPU an append cost (docs/benchmarks.md). Up to
+``PG_FLUSHERS`` batches run at once there, each on its own pooled connection: a lone write is
+its own transaction as before, and writes that queue while those run share one. Several
+flushers keep a remote server's round-trip latency from capping throughput. Batches lock the
+rows they write until they commit; two batches that lock two rows in opposite orders are a
+deadlock PostgreSQL breaks after ``deadlock_timeout`` by failing one, whose jobs then run again
+as above.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ Job = Callable[[AsyncConnection], Awaitable[T]]
 MAX_BATCH = 64
 """Bounds how long one transaction holds the write lock and how much one failure re-runs."""
 
+PG_FLUSHERS = 4
+"""Write transactions one process runs at once on PostgreSQL (SQLite has one writer)."""
+
 
 @dataclass(eq=False)
 class _Queued:
@@ -57,41 +66,43 @@ class WriteBatcher:
     def __init__(self, db: Database, max_batch: int = MAX_BATCH) -> None:
         self.db = db
         self.max_batch = max_batch
+        self.max_flushers = 1 if db.is_sqlite else PG_FLUSHERS
         self._queue: deque[_Queued] = deque()
-        self._flusher: asyncio.Task[None] | None = None
-        self._current: list[_Queued] = []
+        self._flushers: set[asyncio.Task[None]] = set()
 
     async def run(self, job: Job[T]) -> T:
         """Run ``job(conn)`` in a committed write transaction and return its result."""
-        if not self.db.is_sqlite:
-            async with self.db.write() as conn:
-                return await job(conn)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append(_Queued(job, future))
-        if self._flusher is None or self._flusher.done():
-            # One short-lived task per burst; a cancelled caller does not cancel the batch.
-            self._flusher = asyncio.create_task(self._flush(), name="store-group-commit")
+        # done() turns true when a flusher returns (its queue check and return are one step);
+        # the set forgets it only later, in a done callback.
+        if sum(not t.done() for t in self._flushers) < self.max_flushers:
+            # Short-lived tasks per burst; a cancelled caller does not cancel the batch.
+            task = asyncio.create_task(self._flush(), name="store-group-commit")
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
         return await future
 
     async def aclose(self) -> None:
         """Wait for queued writes to finish (called when the lifespan ends)."""
-        if self._flusher is not None:
+        for task in list(self._flushers):
             with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+                await task
 
     async def _flush(self) -> None:
+        current: list[_Queued] = []
         try:
-            await self._drain()
+            await self._drain(current)
         except BaseException:  # cancelled at shutdown: nobody may wait forever
-            for item in [*self._current, *self._queue]:
+            for item in [*current, *self._queue]:
                 item.future.cancel()
             self._queue.clear()
             raise
 
-    async def _drain(self) -> None:
+    async def _drain(self, current: list[_Queued]) -> None:
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
-            self._current = batch
+            current[:] = batch
             if len(batch) == 1 or batch[0].failed_batches >= 2:
                 await self._solo(batch[0])
                 self._queue.extendleft(reversed(batch[1:]))

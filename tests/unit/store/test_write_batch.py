@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.store.write_batch import WriteBatcher
+from app.store.write_batch import PG_FLUSHERS, WriteBatcher
 
 
 class FakeConn:
@@ -25,9 +25,22 @@ class FakeDatabase:
         self.rolled_back = 0
         self.fail_commits = fail_commits
         self.lock = asyncio.Lock()
+        self.open = self.max_open = 0  # transactions running at once (PostgreSQL)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[FakeConn]:
+        if not self.is_sqlite:
+            self.open += 1
+            self.max_open = max(self.max_open, self.open)
+            try:
+                conn = FakeConn()
+                yield conn
+                for _ in range(10):  # round trips to the server: other tasks run meanwhile
+                    await asyncio.sleep(0)
+                self.committed.append(conn.ops)
+            finally:
+                self.open -= 1
+            return
         async with self.lock:  # like SQLite: one writer at a time
             conn = FakeConn()
             try:
@@ -118,8 +131,23 @@ async def test_a_cancelled_caller_does_not_cancel_the_batch() -> None:
     assert sorted(db.all_committed()) == ["a", "b"]  # queued work still completes
 
 
-async def test_postgres_runs_each_job_in_its_own_transaction() -> None:
+async def test_postgres_a_lone_write_is_its_own_transaction() -> None:
     db = FakeDatabase(is_sqlite=False)
     batcher = WriteBatcher(db)  # type: ignore[arg-type]
-    await asyncio.gather(*[submit(batcher, db, f"j{i}") for i in range(5)])
-    assert all(len(tx) == 1 for tx in db.committed)
+    for i in range(3):
+        await submit(batcher, db, f"j{i}")
+    assert db.committed == [["j0"], ["j1"], ["j2"]]
+
+
+async def test_postgres_runs_a_few_transactions_at_once_and_queued_jobs_share_them() -> None:
+    db = FakeDatabase(is_sqlite=False)
+    batcher = WriteBatcher(db)  # type: ignore[arg-type]
+    names = [f"j{i}" for i in range(40)]
+    tasks = []
+    for n in names:  # one arrival per loop tick, while earlier transactions still run
+        tasks.append(asyncio.create_task(submit(batcher, db, n)))
+        await asyncio.sleep(0)
+    assert await asyncio.gather(*tasks) == names
+    assert db.max_open == PG_FLUSHERS  # concurrent transactions, bounded
+    assert len(db.committed) < len(names)  # the queued jobs shared transactions
+    assert sorted(db.all_committed()) == sorted(names)

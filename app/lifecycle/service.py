@@ -24,8 +24,8 @@ from app.lifecycle.manager import DownloadManager
 from app.lifecycle.manifest import ModelSpec
 from app.lifecycle.ownership import reap_stale_partials
 from app.lifecycle.plan import ModelPlan, remove_files
-from app.lifecycle.progress import ProgressEvent, ProgressHub
-from app.lifecycle.storage import StorageRoots
+from app.lifecycle.progress import ProgressEvent, ProgressHub, Subscription
+from app.lifecycle.storage import StorageConfig, StorageRoots
 from app.settings import DownloadSettings
 
 log = logging.getLogger("keel.lifecycle")
@@ -224,6 +224,30 @@ class LifecycleService:
         if record is None:
             raise NotFound("No download job with this id.")
         return record
+
+    def model(self, model_id: str) -> ModelSpec:
+        """The manifest's model, or 404 ``model_not_found`` (422 for an invalid id)."""
+        return self.manager.model(model_id)
+
+    def subscribe(self, model: ModelSpec) -> Subscription:
+        """Progress events of ``model`` from now on (subscribe before taking a snapshot)."""
+        return self.hub.subscribe(model.id)
+
+    async def recent_jobs(self, limit: int) -> list[JobRecord]:
+        return await self.jobs.recent(limit)
+
+    async def cancel_download(self, model: ModelSpec) -> dict[str, Any]:
+        record = await self.manager.cancel(model.id)
+        return {"job": record.as_json() if record else None, "model": self.model_view(model)}
+
+    def storage_view(self) -> dict[str, Any]:
+        return self.storage.describe()
+
+    async def replace_storage(
+        self, config: StorageConfig, *, create: bool, dry_run: bool
+    ) -> dict[str, Any]:
+        await self.storage.replace(config, create=create, dry_run=dry_run)
+        return {"dry_run": True, "valid": True} if dry_run else self.storage.describe()
 
     async def cancel_job(self, job_id: str) -> JobRecord:
         record = await self.job(job_id)

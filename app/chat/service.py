@@ -35,6 +35,7 @@ from app.errors import (
 )
 from app.observability.metrics import Metrics
 from app.providers.base import ChatStream, Completion, Provider, RelayProvider
+from app.providers.upstream_checks import carries_content
 from app.resilience.clock import Clock, MonotonicClock
 from app.resilience.deadline import Deadline
 from app.resilience.errors import DeadlinePassed, ResilienceError
@@ -50,6 +51,7 @@ log = logging.getLogger("keel.chat")
 T = TypeVar("T")
 
 
+_MAX_HELD_EVENTS = 8  # events without content held back before a stream counts as answered
 _MIN_HEDGE_S = 0.05  # a "p95" hedge never fires sooner than this
 
 
@@ -192,6 +194,14 @@ class ChatService:
             try:
                 async with d.bound():
                     first = await anext(events)
+                    # Hold back events with nothing of the answer (a role-only delta): an
+                    # in-band error right after them still retries or falls back.
+                    held: list[bytes] = []
+                    while not carries_content(first) and len(held) < _MAX_HELD_EVENTS:
+                        held.append(first)
+                        first = await anext(events)
+                    if held:
+                        first, events = held[0], _chain([*held[1:], first], events)
             except StopAsyncIteration:
                 await stream.aclose()
                 raise UpstreamFailure("stream_empty") from None
@@ -358,3 +368,10 @@ def _costed(exc: KeelError, attempts: int) -> KeelError:
 async def _discard(result: Answer | KeelError) -> None:
     if isinstance(result, Answer) and result.stream is not None:
         await result.stream.aclose()
+
+
+async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for event in head:
+        yield event
+    async for event in rest:
+        yield event

@@ -86,9 +86,14 @@ class StorageRoots:
             self.config = StorageConfig.model_validate(row.value)
 
     def mark_roots(self) -> None:
-        """Mark every root that exists as Keel's (roots accepted before roots were marked)."""
+        """Mark every root that exists as Keel's (roots accepted before roots were marked).
+
+        The default root is Keel's by construction (it lives in Keel's data dir, which may
+        itself be under a system location such as ``/root``); configured ones are re-checked.
+        """
         for root in self.all_roots():
-            if root.is_dir() and not is_system_location(root):
+            mine = root == self.default_root
+            if root.is_dir() and (mine or not is_system_location(root)):
                 try:
                     mark_root(root)
                 except OSError:

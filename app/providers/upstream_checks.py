@@ -59,6 +59,32 @@ def stream_event_failure(event: bytes, *, committed: bool) -> UpstreamFailure | 
     return None
 
 
+def carries_content(event: bytes) -> bool:
+    """Whether this event gives the client something of the answer. A role-only first delta,
+    an empty ``choices`` list (a filter report) or a comment does not: a failure after such
+    events can still be retried or fall back, since nothing of substance was promised."""
+    if event.startswith(b"data: [DONE]"):
+        return True
+    if not event.startswith(b"data:"):
+        return event.startswith(b"event:")  # a named event: relay it as it is
+    parsed = _json(event[5:])
+    if not isinstance(parsed, dict):
+        return True
+    choices = parsed.get("choices")
+    if not isinstance(choices, list):
+        return True
+    for choice in choices:
+        if not isinstance(choice, dict):
+            return True
+        delta = choice.get("delta")
+        delta = delta if isinstance(delta, dict) else {}
+        if choice.get("finish_reason") or choice.get("text") or choice.get("message"):
+            return True
+        if any(delta.get(k) for k in ("content", "tool_calls", "function_call", "refusal")):
+            return True
+    return False
+
+
 def capped_retry_after(seconds: float | None, cap_s: float) -> float | None:
     """A provider's ``Retry-After`` within Keel's own limit (never infinite, never above it)."""
     if seconds is None or not math.isfinite(seconds):

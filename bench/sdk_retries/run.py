@@ -32,10 +32,10 @@ def _strip_should_retry(response: httpx.Response) -> None:
 def main() -> None:
     for label, hooks in (("as served", []), ("x-should-retry removed", [_strip_should_retry])):
         print(f"-- {label}")
-        run(httpx.Client(event_hooks={"response": hooks}))
+        run(openai.DefaultHttpxClient(event_hooks={"response": hooks}))
 
 
-def run(http_client: httpx.Client) -> None:
+def run(http_client: openai.DefaultHttpxClient) -> None:
     with FakeUpstream() as upstream, tempfile.TemporaryDirectory() as tmp:
         upstream.faults.down = True
         settings = Settings(

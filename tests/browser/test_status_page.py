@@ -9,7 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -17,6 +21,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from app.settings import Settings
 from tests.browser.conftest import console_errors
 from tests.fakes.servers import ServerThread
+from tests.integration.lifecycle.conftest import FAST_DOWNLOADS
 from tests.integration.readiness.conftest import TOKEN, Setup, chat, runtime_app
 from tests.integration.runtime.conftest import MODEL, RuntimeHarness
 
@@ -64,8 +69,9 @@ def click(driver: WebDriver, css: str) -> None:
 
 def test_status_page_download_breaker_and_report(browser: WebDriver, setup: Setup) -> None:
     setup.model("gemma-mini", "llm", "llama_cpp", size=1024 * 1024)
-    setup.server.faults.throttle_bps = 2 * 1024 * 1024  # long enough to watch it move
-    settings = setup.settings()
+    # The first response stops half-way until released: the page must show it mid-download.
+    setup.server.faults.stalls = [512 * 1024]
+    settings = setup.settings(downloads={**FAST_DOWNLOADS, "stall_s": 60.0})
     with ServerThread(setup.app(settings)) as keel:
         page = httpx.get(f"{keel.url}/ui")
         csp = page.headers["content-security-policy"]
@@ -81,17 +87,12 @@ def test_status_page_download_breaker_and_report(browser: WebDriver, setup: Setu
 
         # A download started from the page, followed live to 100 %.
         click(browser, '#model-gemma-mini [data-action="download"]')
-        seen: list[float] = []
-
-        def reached_100(d: WebDriver) -> bool:
-            value = attr(d, "#model-gemma-mini .ptext", "data-percent")
-            if value is not None and (not seen or seen[-1] != float(value)):
-                seen.append(float(value))
-            return value == "100.0"
-
-        wait(browser, reached_100)
-        assert any(0 < p < 100 for p in seen), seen  # progress was shown on the way
-        assert "100.0%" in text(browser, "#model-gemma-mini .ptext")
+        percent = "#model-gemma-mini .ptext"
+        wait(browser, lambda d: 0 < float(attr(d, percent, "data-percent") or 0) < 100)
+        assert attr(browser, "#model-gemma-mini", "data-state") == "downloading"
+        setup.server.release()  # the connection drops; Keel resumes the rest
+        wait(browser, lambda d: attr(d, percent, "data-percent") == "100.0")
+        assert "100.0%" in text(browser, percent)
         wait(browser, lambda d: attr(d, "#model-gemma-mini", "data-state") == "installed")
         wait(browser, lambda d: attr(d, "#cap-llm", "data-status") == "available")
 
@@ -191,12 +192,24 @@ def test_a_failed_download_offers_retry_and_another_folder(
         wait(browser, lambda d: attr(d, row, "data-state") == "absent")
         click(browser, f'{row} [data-action="download"]')
         wait(browser, lambda d: attr(d, row, "data-state") == "error")
-        assert text(browser, f'{row} [data-action="download"]') == "Retry"
+        wait(browser, lambda d: text(d, f'{row} [data-action="download"]') == "Retry")
         click(browser, f'{row} [data-action="storage"]')
-        field = wait(browser, lambda d: d.find_element(By.ID, "folder-gemma-mini"))
-        assert field.get_attribute("value") == str(setup.data_dir.absolute() / "models")
-        field.clear()
-        field.send_keys(str(elsewhere))
+        prefilled: list[str | None] = []
+
+        def fill(d: WebDriver) -> bool:
+            # Typing focuses the field; from then on re-renders leave its row alone.
+            field = d.find_element(By.ID, "folder-gemma-mini")
+            prefilled.append(field.get_attribute("value"))
+            field.clear()
+            field.send_keys(str(elsewhere))
+            return field.get_attribute("value") == str(elsewhere)
+
+        WebDriverWait(
+            browser,
+            WAIT_S,
+            ignored_exceptions=[StaleElementReferenceException, NoSuchElementException],
+        ).until(fill)
+        assert prefilled[0] == str(setup.data_dir.absolute() / "models")
         assert browser.find_element(By.ID, "create-gemma-mini").is_selected()
         click(browser, f'{row} .recover button[type="submit"]')
         wait(browser, lambda d: attr(d, row, "data-state") == "installed")

@@ -39,6 +39,7 @@ class Faults:
     ok_body: bytes | None = None  # a 200 (not streamed) answers these bytes instead
     stream_error_at: int | None = None  # stream: report an error in-band before chunk N
     stream_error_style: str = "event"  # "event": an ``event: error``; "data": a data object
+    role_chunk_first: bool = False  # stream: a role-only delta before the content, as OpenAI
 
 
 @dataclass
@@ -225,6 +226,13 @@ class FakeUpstream:
         pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
         pieces = (pieces * f.chunks)[: max(f.chunks, 1)]
         drop_after = f.drop_after_chunks
+        if f.role_chunk_first:
+            role = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
+            }
+            writer.write(_chunk(f"data: {json.dumps(role)}\n\n".encode()))
         if f.drop_rate and self.rng.random() < f.drop_rate:
             drop_after = 1
         for i, piece in enumerate(pieces):

@@ -96,12 +96,12 @@ def _env(venv: Path, data: Path, port: int) -> dict[str, str]:
     }
 
 
-def _as_image_user(venv: Path) -> dict[str, int]:
+def _as_image_user(venv: Path) -> int | None:
     """The image's ``USER``: a non-root uid when the tests run as root (containers, CI) and
-    that user can run the venv's interpreter."""
+    that user can run the venv's interpreter; None keeps the current user."""
     if os.geteuid() != 0 or not _world_reachable((venv / "bin" / "python").resolve().parent):
-        return {}
-    return {"user": NOBODY, "group": NOBODY}
+        return None
+    return NOBODY
 
 
 def test_non_editable_install_migrates_and_serves_from_another_directory(
@@ -125,7 +125,8 @@ def test_non_editable_install_migrates_and_serves_from_another_directory(
             capture_output=True,
             text=True,
             check=True,
-            **user,
+            user=user,
+            group=user,
         ).stdout.split()
         assert all(p.startswith(str(image)) for p in where), where  # the install, not the clone
         assert str(ROOT) not in " ".join(where)
@@ -138,27 +139,40 @@ def test_non_editable_install_migrates_and_serves_from_another_directory(
             text=True,
             timeout=120,
             check=False,
-            **user,
+            user=user,
+            group=user,
         )
         assert migrate.returncode == 0, migrate.stderr[-2000:]
         assert "migrated" in migrate.stdout
 
-        log = (tmp_path / "serve.log").open("wb")
-        proc = subprocess.Popen(
-            [str(image / "bin" / "keel"), "serve"],
-            cwd=workdir,
-            env={**env, "KEEL_AUTO_MIGRATE": "false"},  # the deploy step above did it
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            **user,
-        )
-        log.close()
-        try:
-            status = _wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
-            assert status == 200, (tmp_path / "serve.log").read_text()[-2000:]
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        # The deploy step above, then serving without migrating: /readyz 200 proves the
+        # schema is there. Then the image's own start on an empty volume: serve migrates.
+        fresh = workdir / "fresh"
+        fresh.mkdir()
+        if user:
+            os.chown(fresh, NOBODY, NOBODY)
+        for run_env in (
+            {**env, "KEEL_AUTO_MIGRATE": "false"},
+            {**env, "KEEL_DATA_DIR": str(fresh)},
+        ):
+            log = (tmp_path / "serve.log").open("wb")
+            proc = subprocess.Popen(
+                [str(image / "bin" / "keel"), "serve"],
+                cwd=workdir,
+                env=run_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=user,
+                group=user,
+            )
+            log.close()
+            try:
+                status = _wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+                assert status == 200, (tmp_path / "serve.log").read_text()[-2000:]
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+        assert (fresh / "keel.db").exists()
         assert (data / "keel.db").exists()
         if user:  # written by the image's user, not by root
             assert (data / "keel.db").stat().st_uid == NOBODY

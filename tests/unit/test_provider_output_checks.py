@@ -164,3 +164,22 @@ async def test_embeddings_are_checked_for_their_own_shape() -> None:
         await provider.relay("embeddings", {"input": "x"}, "m", _deadline())
     assert caught.value.reason == "bad_response"
     await provider.aclose()
+
+
+@pytest.mark.parametrize(
+    ("event", "content"),
+    [
+        (b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}', False),
+        (b'data: {"choices":[],"prompt_filter_results":[]}', False),
+        (CHUNK.rstrip(b"\n"), True),
+        (b'data: {"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}', True),
+        (b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}', True),
+        (b'data: {"choices":[{"text":"hi"}]}', True),  # legacy completions
+        (b"data: [DONE]", True),
+        (b"data: not json", True),
+    ],
+)
+def test_which_events_carry_content(event: bytes, content: bool) -> None:
+    from app.providers.upstream_checks import carries_content
+
+    assert carries_content(event) is content

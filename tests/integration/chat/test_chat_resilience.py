@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
-import time
 from collections.abc import Callable
 
 import httpx
@@ -62,11 +60,10 @@ def test_upstream_400_is_one_call_and_a_4xx(keel: ServerThread, upstream: FakeUp
 def test_429_retry_after_is_waited_out(keel: ServerThread, upstream: FakeUpstream) -> None:
     upstream.faults.statuses.append(429)
     upstream.faults.retry_after = "1"
-    started = time.monotonic()
     with httpx.Client(base_url=keel.url, timeout=10) as c:
         resp = c.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-Timeout": "5"})
     assert resp.status_code == 200, resp.text
-    assert time.monotonic() - started >= 0.95
+    # How long the wait lasted is the guard's unit tests' business (virtual clock).
     assert upstream.calls == 2
     assert resp.headers["x-keel-attempts"] == "2"
 
@@ -76,7 +73,6 @@ def test_429_retry_after_beyond_deadline_fails_at_once(
 ) -> None:
     upstream.faults.statuses.append(429)
     upstream.faults.retry_after = "30"
-    started = time.monotonic()
     with httpx.Client(base_url=keel.url, timeout=10) as c:
         resp = c.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-Timeout": "2"})
     # The provider's 429 keeps its meaning (the SDKs raise RateLimitError) and its wait.
@@ -84,7 +80,7 @@ def test_429_retry_after_beyond_deadline_fails_at_once(
     assert resp.json()["code"] == "rate_limited"
     assert resp.headers["retry-after"] == "30"
     assert resp.headers["x-should-retry"] == "false"  # Keel already decided not to retry
-    assert time.monotonic() - started < 1.0
+    # A 429 (not a 504 after waiting out the deadline) shows it did not wait.
     assert upstream.calls == 1
 
 
@@ -160,12 +156,10 @@ def test_request_timeout_header_bounds_the_request(
     keel: ServerThread, upstream: FakeUpstream
 ) -> None:
     upstream.faults.latency_s = 5
-    started = time.monotonic()
     with httpx.Client(base_url=keel.url, timeout=10) as c:
         resp = c.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-Timeout": "1"})
-    elapsed = time.monotonic() - started
-    _problem(resp, 504, "deadline_exceeded")
-    assert elapsed < 1.5, elapsed
+    _problem(resp, 504, "deadline_exceeded")  # the upstream would have answered after 5 s
+    assert upstream.completed == 0
     with httpx.Client(base_url=keel.url) as c:
         assert 'keel_cancellations_total{reason="deadline"} 1.0' in c.get("/metrics").text
 
@@ -203,9 +197,8 @@ async def test_client_giving_up_cancels_the_upstream_call(
     async with httpx.AsyncClient(base_url=keel.url) as c:
         with pytest.raises(httpx.ReadTimeout):
             await c.post("/v1/chat/completions", json=chat_body(), timeout=0.5)
-        gave_up = time.monotonic()
     await _upstream_saw_disconnect(upstream)
-    assert upstream.disconnects[0] - gave_up < 1.0
+    assert upstream.completed == 0  # it hung up before its 5 s answer
     async with httpx.AsyncClient(base_url=keel.url) as c:
         metrics = (await c.get("/metrics")).text
     assert 'keel_cancellations_total{reason="client_disconnect"} 1.0' in metrics
@@ -224,10 +217,8 @@ async def test_client_leaving_a_stream_cancels_the_upstream(
         async for line in resp.aiter_lines():
             if line.startswith("data:"):
                 break
-    left = time.monotonic()
     await _upstream_saw_disconnect(upstream)
-    assert upstream.disconnects[0] - left < 1.0
-    assert upstream.completed == 0
+    assert upstream.completed == 0  # cut off before its 40 x 0.3 s of chunks
 
 
 def test_mid_stream_drop_ends_with_error_event(keel: ServerThread, upstream: FakeUpstream) -> None:
@@ -279,15 +270,13 @@ def test_errors_never_leak_upstream_text_or_secrets(
     assert upstream.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
 
 
-def test_latency_of_fast_failures_is_low(keel: ServerThread) -> None:
-    # Validation failures never touch an upstream: they are answered at once.
+def test_fast_failures_never_reach_the_upstream(keel: ServerThread, upstream: FakeUpstream) -> None:
+    # Validation failures are answered without an upstream call (counted, not timed: their
+    # latency is a benchmark's business).
     with httpx.Client(base_url=keel.url) as c:
-        times = []
         for _ in range(20):
-            t0 = time.perf_counter()
             resp = c.post("/v1/chat/completions", json={"model": "chat", "messages": []})
-            times.append(time.perf_counter() - t0)
             _problem(resp, 422, "validation_error")
         resp = c.post("/v1/chat/completions", json=chat_body(model="nope"))
         _problem(resp, 404, "model_not_found")
-    assert statistics.median(times) < 0.05
+    assert upstream.calls == 0

@@ -41,6 +41,7 @@ def test_a_200_that_is_not_a_completion_is_upstream_error(
     assert "proxy says hi" not in resp.text
 
 
+@pytest.mark.parametrize("role_first", [False, True])
 @pytest.mark.parametrize("style", ["event", "data"])
 def test_an_error_before_any_content_falls_back(
     chat_settings: Callable[..., Settings],
@@ -48,9 +49,13 @@ def test_an_error_before_any_content_falls_back(
     upstream: FakeUpstream,
     second: FakeUpstream,
     style: str,
+    role_first: bool,
 ) -> None:
+    """Also after a role-only first delta (OpenAI's habit): no content reached the client."""
     upstream.faults.stream_error_at = 0
     upstream.faults.stream_error_style = style
+    upstream.faults.role_chunk_first = role_first
+    second.faults.role_chunk_first = role_first
     keel = serve(
         chat_settings(
             providers={
@@ -68,6 +73,19 @@ def test_an_error_before_any_content_falls_back(
     assert resp.text.rstrip().endswith("data: [DONE]")
     assert "event: error" not in resp.text
     assert MARKER not in resp.text
+    assert resp.text.count('"role"') == (1 if role_first else 0)  # the backup's, once
+
+
+def test_a_role_only_first_delta_is_relayed_in_order(
+    keel: ServerThread, upstream: FakeUpstream
+) -> None:
+    upstream.faults.role_chunk_first = True
+    with httpx.Client(base_url=keel.url, timeout=10) as c:
+        resp = c.post("/v1/chat/completions", json=chat_body(stream=True))
+    events = _events(resp.text)
+    assert '"role": "assistant"' in events[0]
+    assert '"content": "echo: "' in events[1]
+    assert events[-1] == "data: [DONE]"
 
 
 @pytest.mark.parametrize("style", ["event", "data"])

@@ -7,6 +7,7 @@ import json
 import os
 import time
 
+import httpx
 from sqlalchemy import func, select
 
 from app.lifecycle.ownership import PARTIAL_MARK, ROOT_MARKER
@@ -113,6 +114,16 @@ async def test_delete_model_cancels_download_and_removes_files(harness: Harness)
     assert not harness.final("tiny").parent.exists()
 
 
+async def wait_progress(client: httpx.AsyncClient, model_id: str, received: int) -> None:
+    """Poll the model's progress until the downloader has received ``received`` bytes."""
+    async with asyncio.timeout(15):
+        while True:
+            view = (await client.get(f"/v1/lifecycle/models/{model_id}")).json()
+            if view["progress"]["bytes"] >= received:
+                return
+            await asyncio.sleep(0.01)
+
+
 async def test_shutdown_keeps_partial_and_restart_resumes_by_itself(harness: Harness) -> None:
     data = payload(SIZE)
     harness.model("tiny", data)
@@ -122,6 +133,10 @@ async def test_shutdown_keeps_partial_and_restart_resumes_by_itself(harness: Har
     async with asgi_client(harness.app(settings)) as client:
         await client.post("/v1/lifecycle/models/tiny/download")
         await wait_for(lambda: partial.exists() and partial.stat().st_size >= 64 * 1024)
+        # Shut down once the downloader has every byte the server sent before stalling, not
+        # merely once the first batch is on disk: on a busy machine the rest may still be in
+        # flight then, and bytes never received cannot be kept.
+        await wait_progress(client, "tiny", 120_000)
     harness.server.release()
     kept = partial.stat().st_size
     assert kept == 120_000  # the batch still in memory was written at shutdown

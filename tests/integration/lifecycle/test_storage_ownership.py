@@ -183,3 +183,19 @@ async def test_a_replica_started_before_migration_starts_its_lifecycle_once_migr
         assert (await client.get("/readyz")).status_code == 200
         assert (await client.post("/v1/lifecycle/models/tiny/download")).status_code == 202
         assert (await wait_state(client, "tiny", {"installed", "error"}))["state"] == "installed"
+
+
+def test_the_default_root_is_marked_even_below_a_system_location(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keel's own data dir may sit under /root (running as root from its home)."""
+    from typing import cast
+
+    from app.lifecycle.storage import StorageRoots
+    from app.store.database import Database
+
+    monkeypatch.setattr("app.lifecycle.storage.is_system_location", lambda _path: True)
+    storage = StorageRoots(cast(Database, None), tmp_path / "data")
+    storage.default_root.mkdir(parents=True)
+    storage.mark_roots()
+    assert (storage.default_root / ROOT_MARKER).is_file()

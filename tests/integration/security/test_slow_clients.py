@@ -144,3 +144,18 @@ def test_a_body_that_stops_arriving_is_cut_off(
             assert client.get("/v1/conversations").json()["data"] == []
             assert client.get("/healthz").is_success
             assert client.get("/healthz").is_success
+
+
+def test_keel_serve_installs_the_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.cli import main
+    from app.server import RequestDeadlines
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    monkeypatch.setenv("KEEL_HEADER_TIMEOUT_S", "3")
+    monkeypatch.setenv("KEEL_BODY_TIMEOUT_S", "7")
+    assert main(["serve"]) == 0
+    protocol = seen["http"]
+    assert isinstance(protocol, type)
+    assert issubclass(protocol, RequestDeadlines)
+    assert (protocol.header_timeout_s, protocol.body_timeout_s) == (3.0, 7.0)

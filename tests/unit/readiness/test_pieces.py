@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from app.readiness.checks import check_provider, probe_runtime, probe_storage
+from app.readiness.checks import (
+    CheckResult,
+    check_provider,
+    probe_runtime,
+    probe_storage,
+    result,
+)
 from app.readiness.diagnostics import matches
 from app.readiness.reasons import REASONS, human_bytes, reason
 from app.readiness.runtime_view import redact
@@ -120,3 +126,43 @@ def test_human_bytes() -> None:
     assert human_bytes(512) == "512 B"
     assert human_bytes(1536) == "1.5 KiB"
     assert human_bytes(3 * 1024**3) == "3.0 GiB"
+
+
+def _check(name: str, *codes: str, **detail: object) -> CheckResult:
+    facts = {"model": "m", "provider": "p", "seconds": 1, "env": "E", "capability": "llm"}
+    facts.update({"free": "1 B", "low": "2 B", "engine": "e", "install": "x", "error": "e"})
+    return result(name, [reason(c, name, **facts) for c in codes], **detail)
+
+
+@pytest.mark.parametrize(
+    ("models", "providers", "shared", "status"),
+    [
+        ([], [], [], "unavailable"),
+        ([()], [], [], "available"),
+        ([()], [()], [], "available"),
+        ([("model_absent",)], [()], [], "degraded"),
+        ([("model_absent",)], [("provider_circuit_open",)], [], "unavailable"),
+        ([()], [("provider_recovering",)], [], "degraded"),
+        ([()], [], [("disk_low",)], "degraded"),
+        ([("model_absent",)], [], [("storage_unwritable",)], "unavailable"),
+    ],
+)
+def test_capability_status_rules(
+    models: list[tuple[str, ...]],
+    providers: list[tuple[str, ...]],
+    shared: list[tuple[str, ...]],
+    status: str,
+) -> None:
+    from app.readiness.service import _capability
+
+    out = _capability(
+        "llm",
+        [_check(f"model:m{i}", *codes) for i, codes in enumerate(models)],
+        [_check(f"provider:p{i}", *codes) for i, codes in enumerate(providers)],
+        [_check(f"storage:s{i}", *codes) for i, codes in enumerate(shared)],
+    )
+    assert out["status"] == status
+    expected = {c for group in (*models, *providers, *shared) for c in group}
+    if not models and not providers:
+        expected.add("not_configured")
+    assert {r["code"] for r in out["reasons"]} == expected

@@ -55,7 +55,7 @@ async def list_models(lc: LifecycleDep, runtime: RuntimeDep) -> dict[str, Any]:
 
 @router.get("/models/{model_id}")
 async def get_model(model_id: str, lc: LifecycleDep, runtime: RuntimeDep) -> dict[str, Any]:
-    return runtime_view(runtime, lc.model_view(lc.manager.model(model_id)))
+    return runtime_view(runtime, lc.model_view(lc.model(model_id)))
 
 
 async def _once(
@@ -83,7 +83,7 @@ async def download_model(
     idempotency: IdempotencyDep,
     dry_run: DryRun = False,
 ) -> Response:
-    model = lc.manager.model(model_id)
+    model = lc.model(model_id)
     if dry_run:
         return JSONResponse(await lc.download([model], dry_run=True))
 
@@ -97,9 +97,7 @@ async def download_model(
 
 @router.delete("/models/{model_id}/download")
 async def cancel_model_download(model_id: str, lc: LifecycleDep) -> dict[str, Any]:
-    model = lc.manager.model(model_id)
-    record = await lc.manager.cancel(model.id)
-    return {"job": record.as_json() if record else None, "model": lc.model_view(model)}
+    return await lc.cancel_download(lc.model(model_id))
 
 
 @router.post("/downloads")
@@ -111,7 +109,7 @@ async def download_bundle(
     dry_run: DryRun = False,
 ) -> Response:
     ids = list(dict.fromkeys(body.models))
-    models = [lc.manager.model(i) for i in ids]
+    models = [lc.model(i) for i in ids]
     if dry_run or body.dry_run:
         return JSONResponse(await lc.download(models, dry_run=True))
 
@@ -126,7 +124,7 @@ async def download_bundle(
 async def list_jobs(
     lc: LifecycleDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
 ) -> dict[str, Any]:
-    return {"data": [j.as_json() for j in await lc.jobs.recent(limit)]}
+    return {"data": [j.as_json() for j in await lc.recent_jobs(limit)]}
 
 
 @router.get("/downloads/{job_id}")
@@ -143,8 +141,8 @@ async def cancel_job(job_id: str, lc: LifecycleDep) -> dict[str, Any]:
 async def model_events(model_id: str, lc: LifecycleDep, runtime: RuntimeDep) -> StreamingResponse:
     """SSE: one ``data: {event}`` per progress event; the stream ends after ready/failed.
     While the local runtime loads the model, its load phases are the events."""
-    model = lc.manager.model(model_id)
-    sub = lc.hub.subscribe(model.id)  # before the snapshot, so nothing falls in between
+    model = lc.model(model_id)
+    sub = lc.subscribe(model)  # before the snapshot, so nothing falls in between
     first = runtime_load_event(runtime, model.id) or lc.snapshot(model)
 
     async def stream() -> AsyncIterator[bytes]:
@@ -180,7 +178,7 @@ async def verify_model(
     key: IdempotencyKeyDep,
     idempotency: IdempotencyDep,
 ) -> Response:
-    model = lc.manager.model(model_id)
+    model = lc.model(model_id)
 
     async def verify() -> tuple[int, dict[str, Any]]:
         return 200, await lc.verify(model)
@@ -190,12 +188,12 @@ async def verify_model(
 
 @router.delete("/models/{model_id}")
 async def delete_model(model_id: str, lc: LifecycleDep, dry_run: DryRun = False) -> dict[str, Any]:
-    return await lc.delete(lc.manager.model(model_id), dry_run=dry_run)
+    return await lc.delete(lc.model(model_id), dry_run=dry_run)
 
 
 @router.get("/storage")
 async def get_storage(lc: LifecycleDep) -> dict[str, Any]:
-    return lc.storage.describe()
+    return lc.storage_view()
 
 
 @router.put("/storage")
@@ -203,8 +201,4 @@ async def put_storage(
     body: StorageRequest, lc: LifecycleDep, dry_run: DryRun = False
 ) -> dict[str, Any]:
     config = StorageConfig(root=body.root, overrides={str(k): v for k, v in body.overrides.items()})
-    await lc.storage.replace(config, create=body.create, dry_run=dry_run)
-    out = lc.storage.describe()
-    if dry_run:
-        out = {"dry_run": True, "valid": True}
-    return out
+    return await lc.replace_storage(config, create=body.create, dry_run=dry_run)

@@ -23,9 +23,9 @@ from app.lifecycle.jobs import JobRecord, JobRepository, percent, utcnow
 from app.lifecycle.manager import DownloadManager
 from app.lifecycle.manifest import ModelSpec
 from app.lifecycle.ownership import reap_stale_partials
-from app.lifecycle.plan import ModelPlan
-from app.lifecycle.progress import ProgressEvent, ProgressHub
-from app.lifecycle.storage import StorageRoots
+from app.lifecycle.plan import ModelPlan, remove_files
+from app.lifecycle.progress import ProgressEvent, ProgressHub, Subscription
+from app.lifecycle.storage import StorageConfig, StorageRoots
 from app.settings import DownloadSettings
 
 log = logging.getLogger("keel.lifecycle")
@@ -62,7 +62,7 @@ class LifecycleService:
             plan = self.manager.plan(model)
         except StorageUnavailable as exc:  # this model only: the others are still listed
             return _unavailable_view(model, exc)
-        run = self.manager.running.get(model.id)
+        run = self.manager.run_of(model.id)
         total = model.total_bytes
         error = None
         job = None
@@ -110,7 +110,7 @@ class LifecycleService:
                     free[str(root)] = self.manager.free_bytes(root)
                 except OSError:
                     free[str(root)] = None
-            running = plan.model.id in self.manager.running
+            running = self.manager.is_running(plan.model.id)
             models.append(
                 {
                     "id": plan.model.id,
@@ -138,7 +138,7 @@ class LifecycleService:
 
     def snapshot(self, model: ModelSpec) -> ProgressEvent | None:
         """The event a new subscriber starts from (``None``: nothing has happened yet)."""
-        run = self.manager.running.get(model.id)
+        run = self.manager.run_of(model.id)
         if run is not None:
             return run.last_event
         total = model.total_bytes
@@ -177,7 +177,7 @@ class LifecycleService:
         }
 
     async def verify(self, model: ModelSpec) -> dict[str, Any]:
-        if model.id in self.manager.running:
+        if self.manager.is_running(model.id):
             raise ModelNotReady("The model is still downloading.")
         plan = self.manager.plan(model)
         if not plan.installed:
@@ -206,24 +206,48 @@ class LifecycleService:
         if dry_run:
             return {
                 "dry_run": True,
-                "cancels_job": model.id in self.manager.running,
+                "cancels_job": self.manager.is_running(model.id),
                 "removes": [str(f.path) for f in plan.files if f.installed or f.partial_bytes],
             }
         cancelled = await self.manager.cancel(model.id)
-        await asyncio.to_thread(self.manager.remove_files, model)
+        await asyncio.to_thread(remove_files, self.storage, model)
         self.manager.outcomes.pop(model.id, None)
         view = self.model_view(model)
         view["cancelled_job"] = cancelled.id if cancelled else None
         return view
 
     async def job(self, job_id: str) -> JobRecord:
-        for run in self.manager.running.values():
+        for run in self.manager.runs():
             if run.record.id == job_id:
                 return run.record
         record = await self.jobs.get(job_id)
         if record is None:
             raise NotFound("No download job with this id.")
         return record
+
+    def model(self, model_id: str) -> ModelSpec:
+        """The manifest's model, or 404 ``model_not_found`` (422 for an invalid id)."""
+        return self.manager.model(model_id)
+
+    def subscribe(self, model: ModelSpec) -> Subscription:
+        """Progress events of ``model`` from now on (subscribe before taking a snapshot)."""
+        return self.hub.subscribe(model.id)
+
+    async def recent_jobs(self, limit: int) -> list[JobRecord]:
+        return await self.jobs.recent(limit)
+
+    async def cancel_download(self, model: ModelSpec) -> dict[str, Any]:
+        record = await self.manager.cancel(model.id)
+        return {"job": record.as_json() if record else None, "model": self.model_view(model)}
+
+    def storage_view(self) -> dict[str, Any]:
+        return self.storage.describe()
+
+    async def replace_storage(
+        self, config: StorageConfig, *, create: bool, dry_run: bool
+    ) -> dict[str, Any]:
+        await self.storage.replace(config, create=create, dry_run=dry_run)
+        return {"dry_run": True, "valid": True} if dry_run else self.storage.describe()
 
     async def cancel_job(self, job_id: str) -> JobRecord:
         record = await self.job(job_id)
@@ -240,7 +264,7 @@ class LifecycleService:
         prune finished job rows of the same age."""
         cutoff = self.wall_clock() - self.settings.partial_max_age_s
         owned: set[Path] = set()
-        for run in self.manager.running.values():
+        for run in self.manager.runs():
             with contextlib.suppress(StorageUnavailable):
                 owned.add(self.storage.model_dir(run.model))
         removed = await asyncio.to_thread(

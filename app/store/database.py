@@ -26,6 +26,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, QueuePool
+from sqlalchemy.util import await_only
 
 from app.settings import StoreSettings
 from app.store.db_errors import translate
@@ -54,6 +55,8 @@ class Database:
                 pool_timeout=self.store.pool_timeout_s,
             )
         )
+        if self.engine.dialect.driver == "asyncpg":
+            _ping_with_begin(self.engine)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._batcher = WriteBatcher(self)
 
@@ -152,6 +155,27 @@ def _create_engine(url: str, store: StoreSettings) -> AsyncEngine:
         conn.exec_driver_sql(f"BEGIN {conn.info.pop('begin_mode', 'DEFERRED')}")
 
     return engine
+
+
+def _ping_with_begin(engine: AsyncEngine) -> None:
+    """Make the pool's pre-ping the transaction's own BEGIN.
+
+    SQLAlchemy's asyncpg ping is three round trips (BEGIN, an empty query, ROLLBACK) on every
+    checkout, before the transaction sends its own BEGIN: on an append that was most of the
+    CPU PostgreSQL cost over SQLite (docs/benchmarks.md). Starting the transaction is as good a
+    liveness check: a dead connection fails the BEGIN, the pool discards it and checks out
+    another, exactly as with the stock ping. The transaction then uses the BEGIN already sent;
+    a connection returned unused is rolled back by the pool's reset as always.
+    """
+    stock = engine.dialect.do_ping
+
+    def do_ping(dbapi_connection: Any) -> bool:
+        if getattr(dbapi_connection, "_transaction", True) is not None:
+            return stock(dbapi_connection)  # already in a transaction, or not the adapter we know
+        await_only(dbapi_connection._start_transaction())  # no-op under AUTOCOMMIT
+        return True
+
+    engine.dialect.do_ping = do_ping  # type: ignore[method-assign]
 
 
 def _decode_text(raw: bytes) -> str:

@@ -110,7 +110,8 @@ _INSERT = {
         column_keys=_COLUMNS,
     ),
     "postgresql": Prepared(
-        postgresql.insert(K).on_conflict_do_nothing(index_elements=[K.c.key, K.c.scope])
+        postgresql.insert(K).on_conflict_do_nothing(index_elements=[K.c.key, K.c.scope]),
+        column_keys=_COLUMNS,
     ),
 }
 _ROW = (

@@ -1,14 +1,17 @@
-"""Hot-path statements on SQLite: Core statements compiled once, run on the driver connection.
+"""Hot-path statements: Core statements compiled once, run on the driver connection.
 
 Why: SQLAlchemy's aiosqlite adapter makes four round trips to the connection's thread per
 statement (open cursor, execute, fetch, close) plus its own bookkeeping; on a single serialised
 SQLite writer that, not SQLite, bounds appends per second (docs/store.md has the figures).
+On PostgreSQL the round trip is asyncpg's, but SQLAlchemy's per-statement path (greenlet
+switch, compiled-cache lookup, cursor and result objects) cost as much CPU as the statement.
 ``Prepared`` compiles a Core statement for the connection's dialect once, applies the same
 type processors SQLAlchemy would (datetimes as SQLAlchemy's SQLite text format, JSON), and
-runs it through aiosqlite's public API on the DBAPI connection of the caller's SQLAlchemy
-transaction: one round trip to execute, one to fetch. BEGIN, COMMIT and ROLLBACK stay with
-``Database.write()``. Statements stay Core and stay in the repositories; only how they are
-sent differs. PostgreSQL (asyncpg) is fast through SQLAlchemy and never comes here.
+runs it through the driver's public API on the DBAPI connection of the caller's SQLAlchemy
+transaction: on SQLite one round trip to execute, one to fetch; on PostgreSQL one (asyncpg
+prepares it once per connection and keeps it in its statement cache). BEGIN, COMMIT and
+ROLLBACK stay with ``Database.write()``. Statements stay Core and stay in the repositories;
+only how they are sent differs. Other drivers go through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
+
+from app.store import pg_fastpath as pg
 
 Processor = Callable[[Any], Any] | None
 
@@ -48,6 +53,13 @@ class Prepared:
         self, conn: AsyncConnection, values: Mapping[str, Any]
     ) -> list[tuple[Any, ...]]:
         """Execute and return every row."""
+        if _on_asyncpg(conn):
+            params = self._params(conn, values)
+            rows = await pg.run(conn, self._sql, params, "fetch")
+            return [
+                tuple(v if p is None else p(v) for p, v in zip(self._results, row, strict=True))
+                for row in rows
+            ]
         if conn.dialect.name != "sqlite":
             return [tuple(r) for r in (await conn.execute(self.stmt, dict(values))).all()]
         params = self._params(conn, values)  # compiles on first use, so before self._sql
@@ -60,6 +72,10 @@ class Prepared:
 
     async def execute(self, conn: AsyncConnection, values: Mapping[str, Any]) -> int:
         """Execute without rows; returns the number of rows changed."""
+        if _on_asyncpg(conn):
+            params = self._params(conn, values)  # compiles on first use, so before self._sql
+            status = await pg.run(conn, self._sql, params, "execute")
+            return pg.rowcount(status)
         if conn.dialect.name != "sqlite":
             return int((await conn.execute(self.stmt, dict(values))).rowcount)
         params = self._params(conn, values)
@@ -67,6 +83,10 @@ class Prepared:
         return int(cursor.rowcount)
 
     async def execute_many(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+        if _on_asyncpg(conn):
+            params = [self._params(conn, r) for r in rows]
+            await pg.run(conn, self._sql, params, "executemany")
+            return
         if conn.dialect.name != "sqlite":
             await conn.execute(self.stmt, [dict(r) for r in rows])
             return
@@ -100,6 +120,10 @@ class Prepared:
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in self.columns
         )
         self._dialect = dialect
+
+
+def _on_asyncpg(conn: AsyncConnection) -> bool:
+    return conn.dialect.driver == "asyncpg" and pg.supported(conn)
 
 
 def _driver(conn: AsyncConnection) -> Any:

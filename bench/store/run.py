@@ -1,6 +1,13 @@
 """Appends per second over HTTP at concurrency N, next to raw sqlite3 appends.
 
     .venv/bin/python -m bench.store [--concurrency 16] [--seconds 10] [--warmup 2]
+    .venv/bin/python -m bench.store --database-url postgresql+asyncpg://postgres@127.0.0.1:5432/x
+
+With ``--database-url`` (PostgreSQL) it compares the backends instead: in one run it serves
+SQLite, then a fresh PostgreSQL database (created next to the URL's database, dropped
+afterwards), each without and with an Idempotency-Key per append, and reports the server
+process's CPU seconds per append (utime + stime from /proc) and the PostgreSQL / SQLite ratios.
+CPU per append survives a busy machine far better than appends per second do.
 
 Starts ``python -m app.cli serve`` (one uvicorn worker, SQLite in a temporary data dir) on a free
 loopback port, creates one conversation per client, and has each client append one message at a
@@ -137,11 +144,13 @@ async def http_bench(
     errors = 0
     measuring = False
     stop = False
-    payload = json.dumps({"messages": [{"role": "user", "content": CONTENT}]}).encode()
+    payload = json.dumps(
+        {"items": [{"type": "message", "role": "user", "content": CONTENT}]}
+    ).encode()
 
     async def worker(conn: HttpConnection, cid: str) -> None:
         nonlocal errors
-        path = f"/v1/conversations/{cid}/messages"
+        path = f"/v1/conversations/{cid}/items"
         while not stop:
             headers = {"Idempotency-Key": uuid.uuid4().hex} if idempotency else None
             t0 = time.perf_counter()
@@ -272,11 +281,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="bench a Keel already serving on 127.0.0.1:PORT (HTTP figures only)",
     )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL URL (postgresql+asyncpg://...): compare CPU per append against "
+        "SQLite in one run, without and with Idempotency-Keys",
+    )
     args = p.parse_args(argv)
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
+    if args.database_url:
+        return compare_backends(args)
     if args.port:
         http = asyncio.run(
             http_bench(
@@ -321,3 +338,45 @@ def main(argv: list[str] | None = None) -> int:
 
 def _loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def compare_backends(args: argparse.Namespace) -> int:
+    """SQLite and PostgreSQL, each without and with keys: server CPU per append and ratios."""
+    from bench.store.postgres import scratch_database
+
+    load_before = _loadavg()
+    results: dict[tuple[str, bool], dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="keel-bench-") as tmp:
+        for keys in (False, True):
+            for backend in ("sqlite", "postgresql"):
+                data = Path(tmp) / f"{backend}-{keys}" / "data"
+                data.mkdir(parents=True)
+                env = {"KEEL_LOG_LEVEL": args.log_level}
+                with contextlib.ExitStack() as stack:
+                    if backend == "postgresql":
+                        env["KEEL_DATABASE_URL"] = stack.enter_context(
+                            scratch_database(args.database_url)
+                        )
+                    port = _free_port()
+                    pid = stack.enter_context(keel_server(data, port, env))
+                    results[backend, keys] = asyncio.run(
+                        http_bench(port, args.concurrency, args.seconds, args.warmup, keys, pid)
+                    )
+    print(
+        f"cpus={os.cpu_count()} python={sys.version.split()[0]} concurrency={args.concurrency} "
+        f"seconds={args.seconds} log_level={args.log_level}"
+    )
+    for (backend, keys), r in results.items():
+        name = f"{backend}{' + Idempotency-Key' if keys else ''}"
+        print(f"{_line(name, r)}   CPU/append {r.get('server_cpu_us', 0):5.0f} us")
+    for keys in (False, True):
+        lite, pg = results["sqlite", keys], results["postgresql", keys]
+        if lite.get("server_cpu_us") and pg.get("server_cpu_us"):
+            print(
+                f"PostgreSQL / SQLite CPU per append{' with keys' if keys else ''}: "
+                f"{pg['server_cpu_us'] / lite['server_cpu_us']:.2f}x"
+            )
+    print(
+        f"load average before/after (other processes share the CPUs): {load_before} / {_loadavg()}"
+    )
+    return 0

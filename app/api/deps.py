@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.api.idempotency import idempotency_request
+from app.chat.inflight import InFlightRequests
 from app.chat.service import ChatService
 from app.lifecycle.service import LifecycleService
 from app.observability.metrics import Metrics
@@ -79,6 +80,10 @@ async def get_readiness(state: StateDep) -> ReadinessService:
     return state.readiness
 
 
+async def get_inflight(state: StateDep) -> InFlightRequests:
+    return state.inflight
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 TimelineDep = Annotated[Timeline, Depends(get_timeline)]
@@ -91,3 +96,4 @@ GuardsDep = Annotated[Mapping[str, ProviderGuard], Depends(get_guards)]
 LifecycleDep = Annotated[LifecycleService, Depends(get_lifecycle)]
 RuntimeDep = Annotated[RuntimeManager, Depends(get_runtime)]
 ReadinessDep = Annotated[ReadinessService, Depends(get_readiness)]
+InFlightDep = Annotated[InFlightRequests, Depends(get_inflight)]

@@ -149,6 +149,11 @@ class StoreSettings(_Section):
     idempotency_lease_s: float = Field(60.0, gt=0, description="in_progress rows older expire")
     sweep_interval_s: float = Field(300.0, gt=0)
     sweep_batch: int = Field(500, ge=1, le=100_000)
+    fast_path: bool = Field(
+        True,
+        description="hot-path statements straight on the driver (sqlite_fastpath.py); "
+        "false sends every statement through SQLAlchemy",
+    )
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     sqlite_busy_timeout_ms: int = Field(5000, ge=0)
     pool_size: int = Field(10, ge=1, le=1000, description="PostgreSQL connections kept open")

@@ -198,6 +198,13 @@ class DownloadManager:
             self.events.transition(run, "interrupted", "queued", "resumed after restart")
             self._launch(run)
 
+    def remember_failure(self, model: ModelSpec, code: str, message: str) -> None:
+        """A failure no job produced (a file failed verification): ``error`` until the next job."""
+        record = JobRecord.new(model.id, model.total_bytes)
+        record.state = record.phase = JobState.FAILED.value
+        record.error_code, record.error_message, record.error_retryable = code, message, True
+        self.outcomes[model.id] = record
+
     async def _finish_row(self, record: JobRecord, state: str, code: str, message: str) -> None:
         record.state, record.phase = state, "failed"
         record.error_code, record.error_message = code, message

@@ -190,11 +190,11 @@ class LifecycleService:
             if not ok:
                 # Never leave a file that failed verification where a runtime would load it.
                 await asyncio.to_thread(_unlink, f.path)
-                record = JobRecord.new(model.id, model.total_bytes)
-                record.state, record.phase = "failed", "failed"
-                record.error_code, record.error_retryable = "checksum_mismatch", True
-                record.error_message = "An installed file failed verification and was removed."
-                self.manager.outcomes[model.id] = record
+                self.manager.remember_failure(
+                    model,
+                    "checksum_mismatch",
+                    "An installed file failed verification and was removed.",
+                )
                 raise ChecksumMismatch(
                     "An installed file does not match the manifest's SHA-256; it was removed.",
                     extra={"files": files},

@@ -5,6 +5,7 @@ operations leave the same rows, compared row by row, and read back the same."""
 from __future__ import annotations
 
 import itertools
+import secrets
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -16,8 +17,6 @@ from sqlalchemy import select
 
 from app.observability.metrics import Metrics
 from app.settings import StoreSettings
-from app.store import conversations as conversations_module
-from app.store import idempotency as idempotency_module
 from app.store import sqlite_fastpath
 from app.store.conversation_models import NewMessage
 from app.store.conversations import ConversationService
@@ -88,10 +87,8 @@ def deterministic_ids(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     def reset() -> None:
         ids = itertools.count(1)
         owners = itertools.count(1)
-        monkeypatch.setattr(conversations_module.uuid, "uuid4", lambda: uuid.UUID(int=next(ids)))
-        monkeypatch.setattr(
-            idempotency_module.secrets, "token_hex", lambda n: f"{next(owners):0{2 * n}x}"
-        )
+        monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=next(ids)))
+        monkeypatch.setattr(secrets, "token_hex", lambda n: f"{next(owners):0{2 * n}x}")
 
     return reset
 

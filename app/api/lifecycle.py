@@ -1,26 +1,26 @@
 """Model lifecycle endpoints: models, downloads, progress events, verify, delete, storage roots.
 
 Thin: parse, call ``LifecycleService``, render. Errors are raised from the catalogue. Every
-POST honours ``Idempotency-Key`` (``app/store/idempotency.py``).
+POST honours ``Idempotency-Key``: the service runs those actions through
+``Idempotency.once`` (``app/store/idempotency.py``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import IdempotencyDep, IdempotencyKeyDep, LifecycleDep, RuntimeDep
-from app.api.idempotency import json_stored, to_response
+from app.api.deps import IdempotencyKeyDep, LifecycleDep, RuntimeDep
+from app.api.idempotency import to_response
 from app.api.runtime import runtime_load_event, runtime_view
 from app.lifecycle.manifest import Capability
 from app.lifecycle.progress import ProgressEvent
 from app.lifecycle.storage import StorageConfig
-from app.store.idempotency import Idempotency, IdempotencyRequest, Lease, StoredResponse
 from app.values import StoragePath
 
 router = APIRouter(prefix="/v1/lifecycle", tags=["lifecycle"])
@@ -58,41 +58,17 @@ async def get_model(model_id: str, lc: LifecycleDep, runtime: RuntimeDep) -> dic
     return runtime_view(runtime, lc.model_view(lc.model(model_id)))
 
 
-async def _once(
-    key: IdempotencyRequest | None,
-    idempotency: Idempotency,
-    action: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
-) -> Response:
-    """``action`` at most once per ``Idempotency-Key``; a repeat replays the first answer.
-    Starting a download is not a store write (a task starts), so the key is held first."""
-
-    async def work(lease: Lease) -> StoredResponse:
-        await lease.hold()
-        status, payload = await action()
-        stored = json_stored(status, payload)
-        return await lease.record(stored)
-
-    return to_response(await idempotency.once(key, work))
-
-
 @router.post("/models/{model_id}/download")
 async def download_model(
     model_id: str,
     lc: LifecycleDep,
     key: IdempotencyKeyDep,
-    idempotency: IdempotencyDep,
     dry_run: DryRun = False,
 ) -> Response:
     model = lc.model(model_id)
     if dry_run:
         return JSONResponse(await lc.download([model], dry_run=True))
-
-    async def start() -> tuple[int, dict[str, Any]]:
-        result = await lc.download([model], dry_run=False)
-        job = result["jobs"][0] if result["jobs"] else None
-        return (202 if job else 200), {"job": job, "model": result["models"][0]}
-
-    return await _once(key, idempotency, start)
+    return to_response(await lc.start_download(model, key))
 
 
 @router.delete("/models/{model_id}/download")
@@ -105,19 +81,12 @@ async def download_bundle(
     body: BundleRequest,
     lc: LifecycleDep,
     key: IdempotencyKeyDep,
-    idempotency: IdempotencyDep,
     dry_run: DryRun = False,
 ) -> Response:
-    ids = list(dict.fromkeys(body.models))
-    models = [lc.model(i) for i in ids]
+    models = [lc.model(i) for i in dict.fromkeys(body.models)]
     if dry_run or body.dry_run:
         return JSONResponse(await lc.download(models, dry_run=True))
-
-    async def start() -> tuple[int, dict[str, Any]]:
-        result = await lc.download(models, dry_run=False)
-        return (202 if result["jobs"] else 200), result
-
-    return await _once(key, idempotency, start)
+    return to_response(await lc.start_bundle(models, key))
 
 
 @router.get("/downloads")
@@ -176,14 +145,8 @@ async def verify_model(
     model_id: str,
     lc: LifecycleDep,
     key: IdempotencyKeyDep,
-    idempotency: IdempotencyDep,
 ) -> Response:
-    model = lc.model(model_id)
-
-    async def verify() -> tuple[int, dict[str, Any]]:
-        return 200, await lc.verify(model)
-
-    return await _once(key, idempotency, verify)
+    return to_response(await lc.verify_once(lc.model(model_id), key))
 
 
 @router.delete("/models/{model_id}")

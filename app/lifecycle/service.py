@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,13 @@ from app.lifecycle.plan import ModelPlan, remove_files
 from app.lifecycle.progress import ProgressEvent, ProgressHub, Subscription
 from app.lifecycle.storage import StorageConfig, StorageRoots
 from app.settings import DownloadSettings
+from app.store.idempotency import (
+    Idempotency,
+    IdempotencyRequest,
+    Lease,
+    StoredResponse,
+    json_response,
+)
 
 log = logging.getLogger("keel.lifecycle")
 
@@ -42,6 +49,7 @@ class LifecycleService:
         pool: HashPool,
         settings: DownloadSettings,
         wall_clock: Callable[[], float] = time.time,
+        idempotency: Idempotency | None = None,
     ) -> None:
         self.manager = manager
         self.storage = storage
@@ -50,6 +58,7 @@ class LifecycleService:
         self.pool = pool
         self.settings = settings
         self.wall_clock = wall_clock
+        self.idempotency = idempotency
 
     # -- views ----------------------------------------------------------------------------
 
@@ -175,6 +184,48 @@ class LifecycleService:
             "jobs": [run.record.as_json() for _, run in started if run is not None],
             "models": [self.model_view(plan.model) for plan, _ in started],
         }
+
+    # -- idempotent actions (Idempotency-Key): a repeat replays the first answer ---------
+
+    async def start_download(
+        self, model: ModelSpec, key: IdempotencyRequest | None
+    ) -> StoredResponse:
+        """202 with the job started (or joined), 200 when the model is already installed."""
+
+        async def start() -> StoredResponse:
+            result = await self.download([model], dry_run=False)
+            job = result["jobs"][0] if result["jobs"] else None
+            return json_response(202 if job else 200, {"job": job, "model": result["models"][0]})
+
+        return await self._once(key, start)
+
+    async def start_bundle(
+        self, models: list[ModelSpec], key: IdempotencyRequest | None
+    ) -> StoredResponse:
+        async def start() -> StoredResponse:
+            result = await self.download(models, dry_run=False)
+            return json_response(202 if result["jobs"] else 200, result)
+
+        return await self._once(key, start)
+
+    async def verify_once(self, model: ModelSpec, key: IdempotencyRequest | None) -> StoredResponse:
+        async def verify() -> StoredResponse:
+            return json_response(200, await self.verify(model))
+
+        return await self._once(key, verify)
+
+    async def _once(
+        self, key: IdempotencyRequest | None, action: Callable[[], Awaitable[StoredResponse]]
+    ) -> StoredResponse:
+        """Starting a download is not a store write (a task starts): the key is held first."""
+        if key is None or self.idempotency is None:
+            return await action()
+
+        async def work(lease: Lease) -> StoredResponse:
+            await lease.hold()
+            return await lease.record(await action())
+
+        return await self.idempotency.once(key, work)
 
     async def verify(self, model: ModelSpec) -> dict[str, Any]:
         if self.manager.is_running(model.id):

@@ -218,6 +218,13 @@ class ModelNotReady(KeelError):
     client_retry = True
 
 
+class RequestCancelled(KeelError):
+    """Stopped by ``POST /v1/requests/{id}/cancel``. 409: the request's own state (cancelled)
+    conflicts with finishing it; nginx's 499 is not HTTP. Never retried by the SDKs."""
+
+    code, status_code, title = "request_cancelled", 409, "Request cancelled"
+
+
 class CapabilityUnavailable(KeelError):
     code, status_code, retryable = "capability_unavailable", 503, True
     title = "Capability unavailable"

@@ -109,6 +109,7 @@ def create_app(
                 chat=chat_parts.service,
                 guards=chat_parts.guards,
                 readiness=ready,
+                inflight=chat_parts.inflight,
             )
             if on_ready is not None:
                 on_ready()

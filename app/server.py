@@ -61,9 +61,12 @@ class RequestDeadlines:
         self._arm(_HEADERS)
 
     def data_received(self, data: bytes) -> None:
-        if self._phase is None and (self.cycle is None or self.cycle.response_complete):
-            self._arm(_HEADERS)  # the first byte of the next request on a kept-alive connection
+        # The first bytes of the next request on a kept-alive connection: usually the whole
+        # request, and then no timer is armed at all (a timer per request is measurable).
+        starting = self._phase is None and (self.cycle is None or self.cycle.response_complete)
         super().data_received(data)  # type: ignore[misc]
+        if starting and self.cycle is self._seen:
+            self._arm(_HEADERS)  # the headers are not complete yet
         self._advance()
 
     def on_response_complete(self) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import HTTPConnection
 
 if TYPE_CHECKING:
+    from app.chat.inflight import InFlightRequests
     from app.chat.service import ChatService
     from app.core import TaskGroup
     from app.lifecycle.service import LifecycleService
@@ -49,6 +50,7 @@ class AppState:
     chat: ChatService
     guards: Mapping[str, ProviderGuard]
     readiness: ReadinessService
+    inflight: InFlightRequests  # requests being answered, for cancel by X-Request-Id
 
 
 def lifespan_state(state: AppState) -> dict[str, AppState]:

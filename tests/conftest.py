@@ -114,7 +114,7 @@ class _pg_database:
     """CREATE DATABASE keel_t_<random> for one test and drop it afterwards."""
 
     async def __aenter__(self) -> str:
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
 
         assert PG_URL
         self.name = f"keel_t_{uuid.uuid4().hex[:12]}"

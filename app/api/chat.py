@@ -119,11 +119,14 @@ def render(reply: Reply, request_id: str) -> Response:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if reply.stream is not None:
         stream = reply.stream
+        handle = stream.handle
         return EventStreamResponse(
             _error_events(stream.events, request_id),
             headers=stream.headers,
             on_disconnect=stream.on_disconnect,
             on_close=stream.on_close,
+            stop=handle,
+            stop_event=None if handle is None else lambda: error_event(handle.error(), request_id),
         )
     assert reply.stored is not None
     return to_response(reply.stored)

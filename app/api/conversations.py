@@ -8,35 +8,33 @@ Mutations run through ``_mutate``: one write transaction holding the idempotency
 request has one) and the effect, or, for ``?dry_run=true``, a read transaction in which the
 service takes the same decisions and nothing is written, counted or stored.
 
-A mutation's headers and ``dry_run`` are read by one dependency (``_write``) rather than as
-FastAPI parameters: each declared header/query parameter costs measurable CPU on the append
-hot path (about a fifth of it, see docs/store.md); ``openapi_extra`` still documents them.
+A mutation's headers and ``dry_run`` are read by one dependency (``get_conversation_write`` in
+``deps.py``) rather than as FastAPI parameters: each declared header/query parameter costs
+measurable CPU on the append hot path (about a fifth of it, see docs/store.md);
+``openapi_extra`` still documents them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.api import conversation_schemas as s
+from app.api.deps import ConversationStoreDep as StoreDep
+from app.api.deps import ConversationWrite as _Write
+from app.api.deps import ConversationWriteDep as WriteDep
 from app.api.idempotency import (
     KEY_HEADER,
-    idempotency_request,
     json_stored,
     to_response,
 )
-from app.errors import PreconditionFailed, ValidationFailed, VersionConflict
-from app.observability.metrics import Metrics
-from app.state import app_state
+from app.errors import PreconditionFailed, VersionConflict
 from app.store.conversation_models import FieldChanges, NewMessage
-from app.store.conversations import ConversationService
-from app.store.database import Database
-from app.store.idempotency import Idempotency, IdempotencyRequest, StoredResponse
+from app.store.idempotency import StoredResponse
 from app.values import ID_MAX, ID_PATTERN, Version
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
@@ -45,46 +43,6 @@ DRY_RUN_HEADER = "X-Keel-Dry-Run"
 JSON = "application/json"
 
 
-@dataclass(frozen=True, slots=True)
-class _Store:
-    db: Database
-    conversations: ConversationService
-    idempotency: Idempotency
-    metrics: Metrics
-
-
-@dataclass(frozen=True, slots=True)
-class _Write:
-    store: _Store
-    key: IdempotencyRequest | None
-    if_match: str | None
-    dry_run: bool
-    route: str
-
-
-async def _store(request: Request) -> _Store:
-    st = app_state(request)
-    return _Store(st.db, st.conversations, st.idempotency, st.metrics)
-
-
-async def _write(request: Request) -> _Write:
-    dry_run = request.query_params.get("dry_run", "false")
-    if dry_run not in ("true", "false"):
-        raise ValidationFailed(
-            "dry_run must be true or false.",
-            extra={"errors": [{"field": "query.dry_run", "message": "must be true or false"}]},
-        )
-    return _Write(
-        await _store(request),
-        await idempotency_request(request),
-        request.headers.get("if-match"),
-        dry_run == "true",
-        getattr(request.scope.get("route"), "path", "unmatched"),
-    )
-
-
-StoreDep = Annotated[_Store, Depends(_store)]
-WriteDep = Annotated[_Write, Depends(_write)]
 IfNoneMatch = Annotated[str | None, Header()]
 Order = Literal["asc", "desc"]
 # Ids are UUIDs; anything that cannot be one is refused before SQL (PostgreSQL answers a NUL in

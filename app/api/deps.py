@@ -9,12 +9,15 @@ endpoint declares none of these (see its docstring) and calls ``app_state()`` it
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from app.api.idempotency import idempotency_request
+from app.chat.inflight import InFlightRequests
 from app.chat.service import ChatService
+from app.errors import ValidationFailed
 from app.lifecycle.service import LifecycleService
 from app.observability.metrics import Metrics
 from app.observability.timeline import Timeline
@@ -79,6 +82,10 @@ async def get_readiness(state: StateDep) -> ReadinessService:
     return state.readiness
 
 
+async def get_inflight(state: StateDep) -> InFlightRequests:
+    return state.inflight
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 TimelineDep = Annotated[Timeline, Depends(get_timeline)]
@@ -91,3 +98,51 @@ GuardsDep = Annotated[Mapping[str, ProviderGuard], Depends(get_guards)]
 LifecycleDep = Annotated[LifecycleService, Depends(get_lifecycle)]
 RuntimeDep = Annotated[RuntimeManager, Depends(get_runtime)]
 ReadinessDep = Annotated[ReadinessService, Depends(get_readiness)]
+InFlightDep = Annotated[InFlightRequests, Depends(get_inflight)]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationStore:
+    """What the conversation endpoints use, in one dependency (one resolution per request)."""
+
+    db: Database
+    conversations: ConversationService
+    idempotency: Idempotency
+    metrics: Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationWrite:
+    """A mutation's store, key, ``If-Match``, ``dry_run`` and route: read by one dependency
+    because each declared header/query parameter costs CPU on the append hot path."""
+
+    store: ConversationStore
+    key: IdempotencyRequest | None
+    if_match: str | None
+    dry_run: bool
+    route: str
+
+
+async def get_conversation_store(request: Request) -> ConversationStore:
+    st = app_state(request)
+    return ConversationStore(st.db, st.conversations, st.idempotency, st.metrics)
+
+
+async def get_conversation_write(request: Request) -> ConversationWrite:
+    dry_run = request.query_params.get("dry_run", "false")
+    if dry_run not in ("true", "false"):
+        raise ValidationFailed(
+            "dry_run must be true or false.",
+            extra={"errors": [{"field": "query.dry_run", "message": "must be true or false"}]},
+        )
+    return ConversationWrite(
+        await get_conversation_store(request),
+        await idempotency_request(request),
+        request.headers.get("if-match"),
+        dry_run == "true",
+        getattr(request.scope.get("route"), "path", "unmatched"),
+    )
+
+
+ConversationStoreDep = Annotated[ConversationStore, Depends(get_conversation_store)]
+ConversationWriteDep = Annotated[ConversationWrite, Depends(get_conversation_write)]

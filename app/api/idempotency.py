@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import Request
@@ -29,7 +28,7 @@ from fastapi.responses import Response
 
 from app.errors import BadRequest
 from app.store.checksums import canonical_json
-from app.store.idempotency import IdempotencyRequest, StoredResponse
+from app.store.idempotency import IdempotencyRequest, StoredResponse, json_response
 
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -97,18 +96,7 @@ async def idempotency_request(request: Request) -> IdempotencyRequest | None:
     )
 
 
-def json_stored(
-    status_code: int, payload: Any, headers: dict[str, str] | None = None
-) -> StoredResponse:
-    """A JSON response ready to be stored under a key (and returned with ``to_response``)."""
-    body = (
-        b""
-        if payload is None
-        else json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    )
-    out = {"content-type": "application/json"} if payload is not None else {}
-    out.update(headers or {})
-    return StoredResponse(status_code, body, out)
+json_stored = json_response  # the one builder lives with StoredResponse (store layer)
 
 
 def to_response(stored: StoredResponse, headers: dict[str, str] | None = None) -> Response:

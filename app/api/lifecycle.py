@@ -1,26 +1,26 @@
 """Model lifecycle endpoints: models, downloads, progress events, verify, delete, storage roots.
 
 Thin: parse, call ``LifecycleService``, render. Errors are raised from the catalogue. Every
-POST honours ``Idempotency-Key`` (``app/store/idempotency.py``).
+POST honours ``Idempotency-Key``: the service runs those actions through
+``Idempotency.once`` (``app/store/idempotency.py``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import IdempotencyDep, IdempotencyKeyDep, LifecycleDep, RuntimeDep
-from app.api.idempotency import json_stored, to_response
+from app.api.deps import IdempotencyKeyDep, LifecycleDep, RuntimeDep
+from app.api.idempotency import to_response
 from app.api.runtime import runtime_load_event, runtime_view
 from app.lifecycle.manifest import Capability
 from app.lifecycle.progress import ProgressEvent
 from app.lifecycle.storage import StorageConfig
-from app.store.idempotency import Idempotency, IdempotencyRequest, Lease, StoredResponse
 from app.values import StoragePath
 
 router = APIRouter(prefix="/v1/lifecycle", tags=["lifecycle"])
@@ -55,24 +55,7 @@ async def list_models(lc: LifecycleDep, runtime: RuntimeDep) -> dict[str, Any]:
 
 @router.get("/models/{model_id}")
 async def get_model(model_id: str, lc: LifecycleDep, runtime: RuntimeDep) -> dict[str, Any]:
-    return runtime_view(runtime, lc.model_view(lc.manager.model(model_id)))
-
-
-async def _once(
-    key: IdempotencyRequest | None,
-    idempotency: Idempotency,
-    action: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
-) -> Response:
-    """``action`` at most once per ``Idempotency-Key``; a repeat replays the first answer.
-    Starting a download is not a store write (a task starts), so the key is held first."""
-
-    async def work(lease: Lease) -> StoredResponse:
-        await lease.hold()
-        status, payload = await action()
-        stored = json_stored(status, payload)
-        return await lease.record(stored)
-
-    return to_response(await idempotency.once(key, work))
+    return runtime_view(runtime, lc.model_view(lc.model(model_id)))
 
 
 @router.post("/models/{model_id}/download")
@@ -80,26 +63,17 @@ async def download_model(
     model_id: str,
     lc: LifecycleDep,
     key: IdempotencyKeyDep,
-    idempotency: IdempotencyDep,
     dry_run: DryRun = False,
 ) -> Response:
-    model = lc.manager.model(model_id)
+    model = lc.model(model_id)
     if dry_run:
         return JSONResponse(await lc.download([model], dry_run=True))
-
-    async def start() -> tuple[int, dict[str, Any]]:
-        result = await lc.download([model], dry_run=False)
-        job = result["jobs"][0] if result["jobs"] else None
-        return (202 if job else 200), {"job": job, "model": result["models"][0]}
-
-    return await _once(key, idempotency, start)
+    return to_response(await lc.start_download(model, key))
 
 
 @router.delete("/models/{model_id}/download")
 async def cancel_model_download(model_id: str, lc: LifecycleDep) -> dict[str, Any]:
-    model = lc.manager.model(model_id)
-    record = await lc.manager.cancel(model.id)
-    return {"job": record.as_json() if record else None, "model": lc.model_view(model)}
+    return await lc.cancel_download(lc.model(model_id))
 
 
 @router.post("/downloads")
@@ -107,26 +81,19 @@ async def download_bundle(
     body: BundleRequest,
     lc: LifecycleDep,
     key: IdempotencyKeyDep,
-    idempotency: IdempotencyDep,
     dry_run: DryRun = False,
 ) -> Response:
-    ids = list(dict.fromkeys(body.models))
-    models = [lc.manager.model(i) for i in ids]
+    models = [lc.model(i) for i in dict.fromkeys(body.models)]
     if dry_run or body.dry_run:
         return JSONResponse(await lc.download(models, dry_run=True))
-
-    async def start() -> tuple[int, dict[str, Any]]:
-        result = await lc.download(models, dry_run=False)
-        return (202 if result["jobs"] else 200), result
-
-    return await _once(key, idempotency, start)
+    return to_response(await lc.start_bundle(models, key))
 
 
 @router.get("/downloads")
 async def list_jobs(
     lc: LifecycleDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
 ) -> dict[str, Any]:
-    return {"data": [j.as_json() for j in await lc.jobs.recent(limit)]}
+    return {"data": [j.as_json() for j in await lc.recent_jobs(limit)]}
 
 
 @router.get("/downloads/{job_id}")
@@ -143,8 +110,8 @@ async def cancel_job(job_id: str, lc: LifecycleDep) -> dict[str, Any]:
 async def model_events(model_id: str, lc: LifecycleDep, runtime: RuntimeDep) -> StreamingResponse:
     """SSE: one ``data: {event}`` per progress event; the stream ends after ready/failed.
     While the local runtime loads the model, its load phases are the events."""
-    model = lc.manager.model(model_id)
-    sub = lc.hub.subscribe(model.id)  # before the snapshot, so nothing falls in between
+    model = lc.model(model_id)
+    sub = lc.subscribe(model)  # before the snapshot, so nothing falls in between
     first = runtime_load_event(runtime, model.id) or lc.snapshot(model)
 
     async def stream() -> AsyncIterator[bytes]:
@@ -178,24 +145,18 @@ async def verify_model(
     model_id: str,
     lc: LifecycleDep,
     key: IdempotencyKeyDep,
-    idempotency: IdempotencyDep,
 ) -> Response:
-    model = lc.manager.model(model_id)
-
-    async def verify() -> tuple[int, dict[str, Any]]:
-        return 200, await lc.verify(model)
-
-    return await _once(key, idempotency, verify)
+    return to_response(await lc.verify_once(lc.model(model_id), key))
 
 
 @router.delete("/models/{model_id}")
 async def delete_model(model_id: str, lc: LifecycleDep, dry_run: DryRun = False) -> dict[str, Any]:
-    return await lc.delete(lc.manager.model(model_id), dry_run=dry_run)
+    return await lc.delete(lc.model(model_id), dry_run=dry_run)
 
 
 @router.get("/storage")
 async def get_storage(lc: LifecycleDep) -> dict[str, Any]:
-    return lc.storage.describe()
+    return lc.storage_view()
 
 
 @router.put("/storage")
@@ -203,8 +164,4 @@ async def put_storage(
     body: StorageRequest, lc: LifecycleDep, dry_run: DryRun = False
 ) -> dict[str, Any]:
     config = StorageConfig(root=body.root, overrides={str(k): v for k, v in body.overrides.items()})
-    await lc.storage.replace(config, create=body.create, dry_run=dry_run)
-    out = lc.storage.describe()
-    if dry_run:
-        out = {"dry_run": True, "valid": True}
-    return out
+    return await lc.replace_storage(config, create=body.create, dry_run=dry_run)

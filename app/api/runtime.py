@@ -1,4 +1,6 @@
-"""Local model runtime endpoints: load, unload, and cancelling a request by its id.
+"""Local model runtime endpoints: load, unload, and cancelling a request by its id (a local
+generation through the runtime, which ends it normally at the next token; any other request
+Keel is answering through the in-flight registry, ``app/chat/inflight.py``).
 
 Thin: parse, call the ``RuntimeManager``, render. The ``runtime`` member of the lifecycle's
 model views comes from ``runtime_view``.
@@ -11,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from app.api.deps import RuntimeDep
+from app.api.deps import InFlightDep, RuntimeDep
 from app.errors import NotFound
 from app.lifecycle.progress import ProgressEvent
 from app.runtime.manager import RuntimeManager
@@ -82,7 +84,10 @@ async def unload_model(model_id: str, runtime: RuntimeDep) -> dict[str, Any]:
 
 
 @router.post("/v1/requests/{request_id}/cancel")
-async def cancel_request(request_id: str, runtime: RuntimeDep) -> dict[str, Any]:
-    if not runtime.cancel_request(request_id[:128], "user_stop"):
+async def cancel_request(
+    request_id: str, runtime: RuntimeDep, inflight: InFlightDep
+) -> dict[str, Any]:
+    rid = request_id[:128]
+    if not (runtime.cancel_request(rid, "user_stop") or inflight.cancel(rid, "user_stop")):
         raise NotFound("No cancellable request with this id is in flight.")
     return {"request_id": request_id, "cancelled": True, "reason": "user_stop"}

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
+from app.chat.inflight import InFlightRequests
 from app.chat.records import ChatRecords
 from app.chat.resilience import build_guard
 from app.chat.service import ChatService
@@ -31,6 +32,7 @@ class Chat:
 
     service: ChatService
     guards: Mapping[str, ProviderGuard]
+    inflight: InFlightRequests
 
 
 class ChatComponent:
@@ -82,8 +84,11 @@ async def _chat(inputs: ChatInputs, clock: Clock | None) -> AsyncIterator[Chat]:
             settings.routes, {n: p.model_names() for n, p in providers.items()}
         )
         records = ChatRecords(store.db, store.conversations, store.idempotency)
-        service = ChatService(settings, targets, providers, guards, core.metrics, records=records)
-        yield Chat(service, guards)
+        inflight = InFlightRequests(core.metrics)
+        service = ChatService(
+            settings, targets, providers, guards, core.metrics, records=records, inflight=inflight
+        )
+        yield Chat(service, guards, inflight)
     finally:
         for guard in guards.values():
             await guard.aclose()  # stops its prober

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import anyio
 from starlette.responses import Response
@@ -55,10 +55,18 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
+class StopHandle(Protocol):
+    def bind(self, stop: Callable[[], None]) -> None: ...
+
+    def settle(self) -> None: ...
+
+
 class EventStreamResponse(Response):
     """``text/event-stream`` from an async iterator of ready-made SSE events.
 
     A ``Response`` subclass only so FastAPI passes it through; ``__call__`` is its own.
+    ``stop``, when given, may end the stream from outside (a cancel by request id): the relay
+    stops, the upstream is closed, then ``stop_event()`` is sent as the last event.
     """
 
     media_type = "text/event-stream"
@@ -69,12 +77,17 @@ class EventStreamResponse(Response):
         headers: dict[str, str] | None = None,
         on_disconnect: Callable[[], None] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        stop: StopHandle | None = None,
+        stop_event: Callable[[], bytes] | None = None,
     ) -> None:
         super().__init__(status_code=200, media_type=self.media_type)
         self.events = events
         self.extra_headers = headers or {}
         self.on_disconnect = on_disconnect
         self.on_close = on_close
+        self.stop = stop
+        self.stop_event = stop_event
+        self._closed = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = [
@@ -83,9 +96,19 @@ class EventStreamResponse(Response):
             (b"x-accel-buffering", b"no"),
         ] + [(k.lower().encode(), v.encode()) for k, v in self.extra_headers.items()]
         disconnected = False
+        stopped = False
+        ended = False  # the last body message went out: nothing may follow it
         try:
             await send({"type": "http.response.start", "status": 200, "headers": raw})
             async with anyio.create_task_group() as tg:
+
+                def stop() -> None:
+                    nonlocal stopped
+                    stopped = True
+                    tg.cancel_scope.cancel()
+
+                if self.stop is not None:
+                    self.stop.bind(stop)
 
                 async def watch() -> None:
                     nonlocal disconnected
@@ -95,22 +118,35 @@ class EventStreamResponse(Response):
                     tg.cancel_scope.cancel()
 
                 async def pump() -> None:
+                    nonlocal ended
                     async for event in self.events:
                         await send({"type": "http.response.body", "body": event, "more_body": True})
+                    ended = True
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(watch)
                 tg.start_soon(pump)
+            if self.stop is not None and not stopped:
+                self.stop.settle()  # relayed to the end, or the client left: nothing to stop
+            if stopped and not (disconnected or ended) and self.stop_event is not None:
+                await self._close()  # the upstream first, so it stops at once
+                await send({"type": "http.response.body", "body": self.stop_event()})
         except OSError:
             disconnected = True
         finally:
-            aclose = getattr(self.events, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
-            if self.on_close is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.on_close()
+            await self._close()
             if disconnected and self.on_disconnect is not None:
                 self.on_disconnect()
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        aclose = getattr(self.events, "aclose", None)
+        if aclose is not None:
+            with anyio.CancelScope(shield=True):
+                await aclose()
+        if self.on_close is not None:
+            with anyio.CancelScope(shield=True):
+                await self.on_close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from app.chat import hedge
+from app.chat.inflight import InFlightRequests
 from app.chat.records import ChatRecords
 from app.chat.resilience import to_catalogue, upstream_error
 from app.chat.targets import Target, TargetResolver
@@ -100,6 +101,7 @@ class ChatService:
         metrics: Metrics,
         clock: Clock | None = None,
         records: ChatRecords | None = None,
+        inflight: InFlightRequests | None = None,
     ) -> None:
         self.settings = settings
         self.targets = targets
@@ -108,6 +110,7 @@ class ChatService:
         self.metrics = metrics
         self.clock = clock or MonotonicClock()
         self.records = records
+        self.inflight = inflight if inflight is not None else InFlightRequests(metrics)
 
     async def check_conversation(self, conversation_id: str) -> None:
         """Fail before spending an upstream call on a conversation that does not exist."""

@@ -3,7 +3,10 @@ idempotency lease, the answer under the guards (``ChatService``), the record the
 behind (``ChatRecords``), and the cancellation metrics.
 
 ``answer`` returns a ``Reply``: a stored response (a replay, or the whole JSON answer), an
-event stream, or ``cancelled`` (the client left first). The router only renders it.
+event stream, or ``cancelled`` (the client left first). The router only renders it. The turn is
+in the in-flight registry (``inflight.py``) from its start until its answer is done, so
+``POST /v1/requests/{id}/cancel`` can stop it (``RequestCancelled``; a stream ends with the
+SSE error event).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from app.chat.inflight import InFlight
 from app.chat.records import ChatRecords, StreamTranscript, completion_text
 from app.chat.relay import ClientDisconnected, until_disconnect
 from app.chat.targets import Target
@@ -54,6 +58,7 @@ class StreamReply:
     headers: dict[str, str]
     on_disconnect: Callable[[], None]
     on_close: Callable[[], Awaitable[None]]
+    handle: InFlight | None = None  # binds the response's stop, for a cancel by request id
 
 
 @dataclass(slots=True)
@@ -71,41 +76,67 @@ def answer_headers(answer: Answer) -> dict[str, str]:
 async def answer(
     chat: ChatService, records: ChatRecords, call: ChatCall, receive: Receive
 ) -> Reply:
+    """The turn, registered in flight until its answer is done (a stream: until it closes)."""
+    inflight = chat.inflight
+    handle = inflight.register(call.request_id)
+    try:
+        reply = await _answer(chat, records, call, receive, handle)
+    except BaseException:
+        inflight.remove(handle)
+        raise
+    if reply.stream is None:
+        inflight.remove(handle)
+    return reply
+
+
+async def _answer(
+    chat: ChatService, records: ChatRecords, call: ChatCall, receive: Receive, handle: InFlight
+) -> Reply:
     metrics = chat.metrics
     deadline = chat.deadline_for(call.targets, call.timeout_s)
 
     async def work(lease: Lease) -> Reply:
         await lease.hold()  # before the upstream call: a twin waits (409) instead of calling too
         try:
-            got = await until_disconnect(
-                receive,
-                lambda: (chat.open_stream if call.stream else chat.complete)(
-                    call.body, call.targets, deadline, call.path
-                ),
-            )
+            with handle.cancels_task():
+                got = await until_disconnect(
+                    receive,
+                    lambda: (chat.open_stream if call.stream else chat.complete)(
+                        call.body, call.targets, deadline, call.path
+                    ),
+                )
         except ClientDisconnected:
             metrics.cancellations.labels(reason="client_disconnect").inc()
             return Reply(cancelled=True)
         except DeadlineExceeded:
             metrics.cancellations.labels(reason="deadline").inc()
             raise
+        if handle.reason is not None:  # stopped the instant the answer arrived
+            if got.stream is not None:
+                await got.stream.aclose()
+            raise handle.error()
         headers = answer_headers(got)
         if got.stream is not None:
             opened = got.stream
             held = lease.hand_off()
 
             async def close() -> None:
-                await opened.aclose()
-                await held.abandon()  # a no-op once recorded; frees the key of a cut stream
+                try:
+                    await opened.aclose()
+                    await held.abandon()  # a no-op once recorded; frees the key of a cut stream
+                finally:
+                    chat.inflight.remove(handle)
 
             return Reply(
                 stream=StreamReply(
-                    _relay(opened.events(), records, call, held, headers),
+                    _relay(opened.events(), records, call, held, headers, handle),
                     headers,
                     on_disconnect=lambda: _count_disconnect(metrics),
                     on_close=close,
+                    handle=handle,
                 )
             )
+        handle.settle()  # the answer is in hand: from here a cancel is too late (404)
         assert got.completion is not None
         content = got.completion.body
         stored = StoredResponse(200, content, {"content-type": "application/json", **headers})
@@ -132,6 +163,7 @@ async def _relay(
     call: ChatCall,
     lease: Lease,
     headers: dict[str, str],
+    handle: InFlight,
 ) -> AsyncGenerator[bytes, None]:
     """Relay whole events; a failure after the first byte is raised as a ``KeelError`` for
     the router to send as an SSE ``error`` event.
@@ -144,6 +176,8 @@ async def _relay(
     transcript = StreamTranscript() if recording else None
     try:
         async for event in events:
+            if event.startswith(_DONE):
+                handle.settle()  # complete: too late to cancel (the turn may be recorded)
             if transcript is not None:
                 transcript.add(event)
                 if event.startswith(_DONE):

@@ -131,7 +131,13 @@ class LifecycleComponent:
                 spawn=spawn,
             )
             service = LifecycleService(
-                manager=manager, storage=storage, jobs=jobs, hub=hub, pool=pool, settings=ds
+                manager=manager,
+                storage=storage,
+                jobs=jobs,
+                hub=hub,
+                pool=pool,
+                settings=ds,
+                idempotency=store.idempotency,
             )
             running = manager
 

@@ -9,7 +9,8 @@ partial is re-hashed first, in the hash pool). Only a file whose size and digest
 manifest is fsynced, renamed into its final path and the directory fsynced: a file is never in
 its final path unverified.
 
-Failed attempts go through ``RetryPolicy``; the last failure is raised as ``DownloadFailure``.
+Failed attempts go through ``DownloadRetryPolicy``; the last failure is raised as
+``DownloadFailure``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from app.lifecycle.file_transport import request_url
 from app.lifecycle.hashing import Hasher, HashPool
 from app.lifecycle.manifest import FileSpec
 from app.lifecycle.partial import PartialPaths, Sidecar, open_partial, promote
-from app.lifecycle.retry_policy import DownloadFailure, FailureKind, RetryPolicy
+from app.lifecycle.retry_policy import DownloadFailure, DownloadRetryPolicy, FailureKind
 from app.lifecycle.writer import BatchWriter
 from app.observability.metrics import Metrics
 from app.settings import DownloadSettings
@@ -99,7 +100,7 @@ class Downloader:
         """Download, verify and install ``spec`` at ``final``; raise the last DownloadFailure."""
         s = self.settings
         paths = PartialPaths(final)
-        policy = RetryPolicy(
+        policy = DownloadRetryPolicy(
             retries=s.retries,
             network_retries=s.network_retries,
             base_delay_s=s.base_delay_s,

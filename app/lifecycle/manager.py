@@ -9,9 +9,9 @@ Cancellation has two meanings. A user cancel (``DELETE``) stops the job and dele
 files. A shutdown cancel leaves the row ``running`` and the partials in place, to be resumed at
 the next start.
 
-The disk preflight runs synchronously between computing the plan and registering the job, so
-two requests cannot both spend the same free bytes: bytes still to fetch by running jobs on the
-same filesystem count as used.
+The disk preflight (``preflight.py``) runs between computing the plan and registering the job,
+with no await in between. A job's states and transitions are ``job_state.py``; its events,
+timeline entries and gauges ``job_events.py``.
 """
 
 from __future__ import annotations
@@ -22,18 +22,19 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.errors import InsufficientStorage, ModelNotFound, StorageUnavailable, ValidationFailed
 from app.lifecycle.downloader import Downloader, FileProgress
+from app.lifecycle.job_events import JobEvents, RunningJob
+from app.lifecycle.job_state import DownloadJob, JobState
 from app.lifecycle.jobs import JobRecord, JobRepository, utcnow
 from app.lifecycle.manifest import Manifest, ModelSpec
-from app.lifecycle.partial import PartialPaths
 from app.lifecycle.paths import UnsafeName, check_model_id
-from app.lifecycle.plan import ModelPlan, plan_model
-from app.lifecycle.progress import ProgressEvent, ProgressHub
+from app.lifecycle.plan import ModelPlan, installed_at, plan_model, remove_partials
+from app.lifecycle.preflight import check_free_space
+from app.lifecycle.progress import ProgressHub
 from app.lifecycle.retry_policy import DownloadFailure
 from app.lifecycle.storage import StorageRoots, device_of
 from app.observability.metrics import Metrics
@@ -46,21 +47,6 @@ Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 USER_CANCEL = "user"
 SHUTDOWN = "shutdown"
-
-
-@dataclass(slots=True)
-class RunningJob:
-    record: JobRecord
-    model: ModelSpec
-    device: int
-    task: asyncio.Task[None] | None = None
-    cancel_reason: str | None = None
-    last_event: ProgressEvent | None = None
-    last_persist: float = field(default_factory=time.monotonic)
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.record.bytes_total - self.record.bytes_done)
 
 
 class DownloadManager:
@@ -76,6 +62,7 @@ class DownloadManager:
         metrics: Metrics,
         timeline: Timeline,
         spawn: Spawn,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.manifest = manifest
         self.storage = storage
@@ -85,29 +72,31 @@ class DownloadManager:
         self.settings = settings
         self.metrics = metrics
         self.timeline = timeline
+        self.events = JobEvents(hub, metrics, timeline)
         self._spawn = spawn
+        self.clock = clock
         self._slots = asyncio.Semaphore(settings.max_concurrent)
-        self.running: dict[str, RunningJob] = {}
+        self._running: dict[str, RunningJob] = {}
         self.outcomes: dict[str, JobRecord] = {}  # last finished job per model
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: Counter[str] = Counter()
 
     # -- lookups -------------------------------------------------------------------------
 
+    def run_of(self, model_id: str) -> RunningJob | None:
+        """The job downloading ``model_id`` right now, if any."""
+        return self._running.get(model_id)
+
+    def is_running(self, model_id: str) -> bool:
+        return model_id in self._running
+
+    def runs(self) -> list[RunningJob]:
+        """The running jobs (a snapshot: the map itself stays the manager's)."""
+        return list(self._running.values())
+
     def running_jobs(self) -> list[dict[str, Any]]:
         """What ``/v1/diagnostics`` shows of the downloads in flight."""
-        return [
-            {
-                "job": r.record.id,
-                "kind": "download",
-                "model": r.model.id,
-                "phase": r.record.phase,
-                "bytes": r.record.bytes_done,
-                "total": r.record.bytes_total,
-                "attempt": r.record.attempt,
-            }
-            for r in self.running.values()
-        ]
+        return [r.diagnostics() for r in self._running.values()]
 
     def model(self, model_id: str) -> ModelSpec:
         try:
@@ -130,35 +119,11 @@ class DownloadManager:
     def free_bytes(self, path: Path) -> int:
         return self.storage.free_space(path)
 
-    def reserved_on(self, device: int) -> int:
-        return sum(r.remaining for r in self.running.values() if r.device == device)
-
     # -- starting and joining ------------------------------------------------------------
 
     def preflight(self, plans: Iterable[ModelPlan]) -> None:
         """507 unless each filesystem has room for what still has to be fetched."""
-        need: dict[int, tuple[int, Path]] = {}
-        for plan in plans:
-            if plan.installed or plan.model.id in self.running:
-                continue
-            root = self.storage.root(plan.model.capability)
-            dev = device_of(root)
-            total, _ = need.get(dev, (0, root))
-            need[dev] = (total + plan.to_fetch, root)
-        for dev, (bytes_needed, root) in need.items():
-            free = self.free_bytes(root)
-            reserved = self.reserved_on(dev)
-            margin = self.settings.free_space_margin_bytes
-            if free < bytes_needed + reserved + margin:
-                raise InsufficientStorage(
-                    "Not enough free space in the storage root for this download.",
-                    extra={
-                        "needed_bytes": bytes_needed,
-                        "reserved_bytes": reserved,
-                        "margin_bytes": margin,
-                        "free_bytes": free,
-                    },
-                )
+        check_free_space(plans, self.storage, self.runs(), self.settings.free_space_margin_bytes)
 
     async def start(self, models: list[ModelSpec]) -> list[tuple[ModelPlan, RunningJob | None]]:
         """Start or join a download of each model; ``None`` for a model already installed."""
@@ -168,7 +133,7 @@ class DownloadManager:
         created: list[RunningJob] = []
         # No await until every new job is registered: the preflight above stays true.
         for plan in plans:
-            run = self.running.get(plan.model.id)
+            run = self._running.get(plan.model.id)
             if run is None and not plan.installed:
                 record = JobRecord.new(plan.model.id, plan.model.total_bytes)
                 record.bytes_done = plan.on_disk
@@ -182,21 +147,24 @@ class DownloadManager:
                 for unsaved in created[i:]:  # registered but never started: forget them
                     self._forget(unsaved)
                 raise
-            self._transition(run, "none", "queued", "requested")
+            self.events.transition(run, "none", "queued", "requested")
             self._launch(run)
         return out
 
     def _register(self, record: JobRecord, model: ModelSpec) -> RunningJob:
-        run = RunningJob(record, model, device_of(self.storage.root(model.capability)))
-        self.running[model.id] = run
-        self._publish(run, "queued", None)
+        job = DownloadJob(JobState(record.state), self.clock)
+        run = RunningJob(
+            record, model, device_of(self.storage.root(model.capability)), job, self.clock()
+        )
+        self._running[model.id] = run
+        self.events.publish(run, "queued", None)
         return run
 
     def _launch(self, run: RunningJob) -> None:
         run.task = self._spawn(self._run(run), f"download:{run.model.id}")
         self._tasks.add(run.task)
         run.task.add_done_callback(self._tasks.discard)
-        self._update_gauges()
+        self.events.gauges(self._running.values(), self._finished)
 
     async def resume_unfinished(self) -> None:
         """Resume the jobs a crash or shutdown interrupted (called once at start-up)."""
@@ -207,7 +175,7 @@ class DownloadManager:
                     record, "failed", "model_not_found", "The model is no longer in the manifest."
                 )
                 continue
-            if record.model_id in self.running:
+            if record.model_id in self._running:
                 await self._finish_row(
                     record, "failed", "superseded", "Another job for this model was resumed."
                 )
@@ -218,11 +186,24 @@ class DownloadManager:
             except (InsufficientStorage, StorageUnavailable) as exc:
                 await self._finish_row(record, "failed", exc.code, exc.detail)
                 continue
-            record.state, record.phase, record.bytes_done = "queued", "queued", plan.on_disk
             run = self._register(record, model)
+            if run.job.state is JobState.RUNNING:
+                run.job.requeue("resumed after restart")
+            record.state, record.phase, record.bytes_done = (
+                run.job.state.value,
+                "queued",
+                plan.on_disk,
+            )
             await self.jobs.save(record, "state", "phase", "bytes_done")
-            self._transition(run, "interrupted", "queued", "resumed after restart")
+            self.events.transition(run, "interrupted", "queued", "resumed after restart")
             self._launch(run)
+
+    def remember_failure(self, model: ModelSpec, code: str, message: str) -> None:
+        """A failure no job produced (a file failed verification): ``error`` until the next job."""
+        record = JobRecord.new(model.id, model.total_bytes)
+        record.state = record.phase = JobState.FAILED.value
+        record.error_code, record.error_message, record.error_retryable = code, message, True
+        self.outcomes[model.id] = record
 
     async def _finish_row(self, record: JobRecord, state: str, code: str, message: str) -> None:
         record.state, record.phase = state, "failed"
@@ -243,35 +224,34 @@ class DownloadManager:
 
     async def _run(self, run: RunningJob) -> None:
         record, model = run.record, run.model
-        started = time.monotonic()
         try:
             async with self._slots:
-                record.state, record.phase = "running", "downloading"
+                step = run.job.start()
+                record.state, record.phase = run.job.state.value, "downloading"
                 await self.jobs.save(record, "state", "phase")
-                self._transition(run, "queued", "running", "slot acquired")
-                self._update_gauges()
+                self.events.transition(run, step.old, step.new, step.reason)
+                self.events.gauges(self._running.values(), self._finished)
                 done = 0
                 for spec in model.files:
                     final = self.storage.file_path(model, spec)
-                    if await asyncio.to_thread(_installed, final, spec.size):
+                    if await asyncio.to_thread(installed_at, final, spec.size):
                         done += spec.size
                         continue
                     await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
                     await self.downloader.fetch(model.id, spec, final, self._reporter(run, done))
                     done += spec.size
-            duration = time.monotonic() - started
+            duration = run.job.duration_s or 0.0
             self.metrics.download_duration.labels(model=model.id).observe(duration)
             record.bytes_done = record.bytes_total
-            await self._end(run, "succeeded", "ready", duration=duration)
+            await self._end(run, JobState.SUCCEEDED, "ready")
         except StorageUnavailable as exc:  # a link appeared under the root mid-download
             await self._end(
                 run,
-                "failed",
+                JobState.FAILED,
                 "failed",
                 code=exc.code,
                 message=exc.detail,
                 retryable=False,
-                duration=time.monotonic() - started,
             )
         except DownloadFailure as failure:
             # Attempts that failed before reporting progress never reached the reporter.
@@ -287,24 +267,22 @@ class DownloadManager:
             )
             await self._end(
                 run,
-                "failed",
+                JobState.FAILED,
                 "failed",
                 code=failure.code,
                 message=failure.message,
                 retryable=failure.retryable,
-                duration=time.monotonic() - started,
             )
         except asyncio.CancelledError:
             if run.cancel_reason == USER_CANCEL:
-                await asyncio.to_thread(self._remove_partials, model)
+                await asyncio.to_thread(remove_partials, self.storage, model)
                 await self._end(
                     run,
-                    "cancelled",
+                    JobState.CANCELLED,
                     "failed",
                     code="cancelled",
                     message="The download was cancelled.",
                     retryable=True,
-                    duration=time.monotonic() - started,
                 )
             else:  # shutdown: keep the row active and the partial, to resume at next start
                 with contextlib.suppress(Exception):
@@ -315,12 +293,11 @@ class DownloadManager:
             log.exception("download job crashed", extra={"model": model.id})
             await self._end(
                 run,
-                "failed",
+                JobState.FAILED,
                 "failed",
                 code="internal_error",
                 message="The download stopped on an internal error.",
                 retryable=True,
-                duration=time.monotonic() - started,
             )
 
     def _reporter(self, run: RunningJob, base: int) -> Callable[[FileProgress], Any]:
@@ -329,7 +306,7 @@ class DownloadManager:
             phase_changed = record.phase != p.phase
             record.phase, record.attempt = p.phase, p.attempt
             record.bytes_done = base + p.bytes
-            self._publish(
+            self.events.publish(
                 run,
                 p.phase,
                 p.file,
@@ -337,7 +314,7 @@ class DownloadManager:
                 resumed_from=p.resumed_from,
                 bytes_per_s=p.bytes_per_s,
             )
-            now = time.monotonic()
+            now = self.clock()
             if phase_changed or now - run.last_persist >= self.settings.persist_interval_s:
                 run.last_persist = now
                 try:
@@ -350,17 +327,17 @@ class DownloadManager:
     async def _end(
         self,
         run: RunningJob,
-        state: str,
+        state: JobState,
         phase: str,
         *,
         code: str | None = None,
         message: str | None = None,
         retryable: bool = False,
-        duration: float | None = None,
     ) -> None:
         record = run.record
-        old = record.state
-        record.state, record.phase = state, phase
+        duration = run.job.duration_s
+        step = run.job.finish(state, code or "done")
+        record.state, record.phase = state.value, phase
         record.error_code, record.error_message = code, message
         record.error_retryable = retryable if code else None
         record.finished_at, record.duration_s = utcnow(), duration
@@ -389,21 +366,21 @@ class DownloadManager:
                 "could not save the end of a download job", extra={"model": record.model_id}
             )
         finally:
-            self._publish(run, phase, None, error=record.error())
-            self._transition(run, old, state, code or "done")
+            self.events.publish(run, phase, None, error=record.error())
+            self.events.transition(run, step.old, step.new, step.reason)
             self._finished[state] += 1
             self.outcomes[record.model_id] = record
             self._forget(run)
 
     def _forget(self, run: RunningJob) -> None:
-        if self.running.get(run.model.id) is run:
-            del self.running[run.model.id]
-        self._update_gauges()
+        if self._running.get(run.model.id) is run:
+            del self._running[run.model.id]
+        self.events.gauges(self._running.values(), self._finished)
 
     # -- cancel, delete ------------------------------------------------------------------
 
     async def cancel(self, model_id: str, reason: str = USER_CANCEL) -> JobRecord | None:
-        run = self.running.get(model_id)
+        run = self._running.get(model_id)
         if run is None:
             return None
         run.cancel_reason = reason
@@ -414,68 +391,10 @@ class DownloadManager:
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
         """Cancel running jobs as a shutdown and wait (bounded) for every job task to end."""
-        for run in self.running.values():
+        for run in self._running.values():
             if run.cancel_reason is None:
                 run.cancel_reason = SHUTDOWN
             if run.task is not None:
                 run.task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
-
-    def _remove_partials(self, model: ModelSpec) -> None:
-        for spec in model.files:
-            PartialPaths(self.storage.file_path(model, spec)).remove()
-
-    def remove_files(self, model: ModelSpec) -> None:
-        self._remove_partials(model)
-        for spec in model.files:
-            with contextlib.suppress(FileNotFoundError):
-                self.storage.file_path(model, spec).unlink()
-        with contextlib.suppress(OSError):
-            self.storage.model_dir(model).rmdir()
-
-    # -- events, metrics, timeline -------------------------------------------------------
-
-    def _publish(
-        self,
-        run: RunningJob,
-        phase: str,
-        file: str | None,
-        *,
-        attempt: int = 0,
-        resumed_from: int = 0,
-        bytes_per_s: float = 0.0,
-        error: dict[str, Any] | None = None,
-    ) -> None:
-        record = run.record
-        event = ProgressEvent(
-            model=record.model_id,
-            job_id=record.id,
-            phase=phase,
-            file=file,
-            bytes=record.bytes_done,
-            total=record.bytes_total,
-            attempt=attempt or record.attempt,
-            resumed_from=resumed_from,
-            bytes_per_s=bytes_per_s,
-            error=error,
-        )
-        run.last_event = event
-        self.hub.publish(event)
-
-    def _transition(self, run: RunningJob, old: str, new: str, reason: str) -> None:
-        self.timeline.record(f"download:{run.model.id}", old, new, reason)
-
-    def _update_gauges(self) -> None:
-        states = Counter(r.record.state for r in self.running.values())
-        for state in ("queued", "running"):
-            self.metrics.download_jobs.labels(state=state).set(states.get(state, 0))
-        for state in ("succeeded", "failed", "cancelled"):
-            self.metrics.download_jobs.labels(state=state).set(self._finished.get(state, 0))
-
-
-def _installed(path: Path, size: int) -> bool:
-    try:
-        return path.stat().st_size == size
-    except OSError:
-        return False

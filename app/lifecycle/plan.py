@@ -7,6 +7,7 @@ renamed there.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,3 +58,25 @@ def plan_model(storage: StorageRoots, model: ModelSpec) -> ModelPlan:
         partial = 0 if installed else min(PartialPaths(path).size(), spec.size)
         files.append(FilePlan(spec.name, spec.size, path, installed, partial))
     return ModelPlan(model, files)
+
+
+def installed_at(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def remove_partials(storage: StorageRoots, model: ModelSpec) -> None:
+    for spec in model.files:
+        PartialPaths(storage.file_path(model, spec)).remove()
+
+
+def remove_files(storage: StorageRoots, model: ModelSpec) -> None:
+    """Partials, installed files and the model's (then empty) folder."""
+    remove_partials(storage, model)
+    for spec in model.files:
+        with contextlib.suppress(FileNotFoundError):
+            storage.file_path(model, spec).unlink()
+    with contextlib.suppress(OSError):
+        storage.model_dir(model).rmdir()

@@ -60,7 +60,7 @@ class Decision:
 STOP = Decision(retry=False)
 
 
-class RetryPolicy:
+class DownloadRetryPolicy:
     """Counts one file's retries. ``decide`` is called once per failed attempt."""
 
     def __init__(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,17 @@ from app.lifecycle.jobs import JobRecord, JobRepository, percent, utcnow
 from app.lifecycle.manager import DownloadManager
 from app.lifecycle.manifest import ModelSpec
 from app.lifecycle.ownership import reap_stale_partials
-from app.lifecycle.plan import ModelPlan
-from app.lifecycle.progress import ProgressEvent, ProgressHub
-from app.lifecycle.storage import StorageRoots
+from app.lifecycle.plan import ModelPlan, remove_files
+from app.lifecycle.progress import ProgressEvent, ProgressHub, Subscription
+from app.lifecycle.storage import StorageConfig, StorageRoots
 from app.settings import DownloadSettings
+from app.store.idempotency import (
+    Idempotency,
+    IdempotencyRequest,
+    Lease,
+    StoredResponse,
+    json_response,
+)
 
 log = logging.getLogger("keel.lifecycle")
 
@@ -42,6 +49,7 @@ class LifecycleService:
         pool: HashPool,
         settings: DownloadSettings,
         wall_clock: Callable[[], float] = time.time,
+        idempotency: Idempotency | None = None,
     ) -> None:
         self.manager = manager
         self.storage = storage
@@ -50,6 +58,7 @@ class LifecycleService:
         self.pool = pool
         self.settings = settings
         self.wall_clock = wall_clock
+        self.idempotency = idempotency
 
     # -- views ----------------------------------------------------------------------------
 
@@ -62,7 +71,7 @@ class LifecycleService:
             plan = self.manager.plan(model)
         except StorageUnavailable as exc:  # this model only: the others are still listed
             return _unavailable_view(model, exc)
-        run = self.manager.running.get(model.id)
+        run = self.manager.run_of(model.id)
         total = model.total_bytes
         error = None
         job = None
@@ -110,7 +119,7 @@ class LifecycleService:
                     free[str(root)] = self.manager.free_bytes(root)
                 except OSError:
                     free[str(root)] = None
-            running = plan.model.id in self.manager.running
+            running = self.manager.is_running(plan.model.id)
             models.append(
                 {
                     "id": plan.model.id,
@@ -138,7 +147,7 @@ class LifecycleService:
 
     def snapshot(self, model: ModelSpec) -> ProgressEvent | None:
         """The event a new subscriber starts from (``None``: nothing has happened yet)."""
-        run = self.manager.running.get(model.id)
+        run = self.manager.run_of(model.id)
         if run is not None:
             return run.last_event
         total = model.total_bytes
@@ -176,8 +185,50 @@ class LifecycleService:
             "models": [self.model_view(plan.model) for plan, _ in started],
         }
 
+    # -- idempotent actions (Idempotency-Key): a repeat replays the first answer ---------
+
+    async def start_download(
+        self, model: ModelSpec, key: IdempotencyRequest | None
+    ) -> StoredResponse:
+        """202 with the job started (or joined), 200 when the model is already installed."""
+
+        async def start() -> StoredResponse:
+            result = await self.download([model], dry_run=False)
+            job = result["jobs"][0] if result["jobs"] else None
+            return json_response(202 if job else 200, {"job": job, "model": result["models"][0]})
+
+        return await self._once(key, start)
+
+    async def start_bundle(
+        self, models: list[ModelSpec], key: IdempotencyRequest | None
+    ) -> StoredResponse:
+        async def start() -> StoredResponse:
+            result = await self.download(models, dry_run=False)
+            return json_response(202 if result["jobs"] else 200, result)
+
+        return await self._once(key, start)
+
+    async def verify_once(self, model: ModelSpec, key: IdempotencyRequest | None) -> StoredResponse:
+        async def verify() -> StoredResponse:
+            return json_response(200, await self.verify(model))
+
+        return await self._once(key, verify)
+
+    async def _once(
+        self, key: IdempotencyRequest | None, action: Callable[[], Awaitable[StoredResponse]]
+    ) -> StoredResponse:
+        """Starting a download is not a store write (a task starts): the key is held first."""
+        if key is None or self.idempotency is None:
+            return await action()
+
+        async def work(lease: Lease) -> StoredResponse:
+            await lease.hold()
+            return await lease.record(await action())
+
+        return await self.idempotency.once(key, work)
+
     async def verify(self, model: ModelSpec) -> dict[str, Any]:
-        if model.id in self.manager.running:
+        if self.manager.is_running(model.id):
             raise ModelNotReady("The model is still downloading.")
         plan = self.manager.plan(model)
         if not plan.installed:
@@ -190,11 +241,11 @@ class LifecycleService:
             if not ok:
                 # Never leave a file that failed verification where a runtime would load it.
                 await asyncio.to_thread(_unlink, f.path)
-                record = JobRecord.new(model.id, model.total_bytes)
-                record.state, record.phase = "failed", "failed"
-                record.error_code, record.error_retryable = "checksum_mismatch", True
-                record.error_message = "An installed file failed verification and was removed."
-                self.manager.outcomes[model.id] = record
+                self.manager.remember_failure(
+                    model,
+                    "checksum_mismatch",
+                    "An installed file failed verification and was removed.",
+                )
                 raise ChecksumMismatch(
                     "An installed file does not match the manifest's SHA-256; it was removed.",
                     extra={"files": files},
@@ -206,24 +257,48 @@ class LifecycleService:
         if dry_run:
             return {
                 "dry_run": True,
-                "cancels_job": model.id in self.manager.running,
+                "cancels_job": self.manager.is_running(model.id),
                 "removes": [str(f.path) for f in plan.files if f.installed or f.partial_bytes],
             }
         cancelled = await self.manager.cancel(model.id)
-        await asyncio.to_thread(self.manager.remove_files, model)
+        await asyncio.to_thread(remove_files, self.storage, model)
         self.manager.outcomes.pop(model.id, None)
         view = self.model_view(model)
         view["cancelled_job"] = cancelled.id if cancelled else None
         return view
 
     async def job(self, job_id: str) -> JobRecord:
-        for run in self.manager.running.values():
+        for run in self.manager.runs():
             if run.record.id == job_id:
                 return run.record
         record = await self.jobs.get(job_id)
         if record is None:
             raise NotFound("No download job with this id.")
         return record
+
+    def model(self, model_id: str) -> ModelSpec:
+        """The manifest's model, or 404 ``model_not_found`` (422 for an invalid id)."""
+        return self.manager.model(model_id)
+
+    def subscribe(self, model: ModelSpec) -> Subscription:
+        """Progress events of ``model`` from now on (subscribe before taking a snapshot)."""
+        return self.hub.subscribe(model.id)
+
+    async def recent_jobs(self, limit: int) -> list[JobRecord]:
+        return await self.jobs.recent(limit)
+
+    async def cancel_download(self, model: ModelSpec) -> dict[str, Any]:
+        record = await self.manager.cancel(model.id)
+        return {"job": record.as_json() if record else None, "model": self.model_view(model)}
+
+    def storage_view(self) -> dict[str, Any]:
+        return self.storage.describe()
+
+    async def replace_storage(
+        self, config: StorageConfig, *, create: bool, dry_run: bool
+    ) -> dict[str, Any]:
+        await self.storage.replace(config, create=create, dry_run=dry_run)
+        return {"dry_run": True, "valid": True} if dry_run else self.storage.describe()
 
     async def cancel_job(self, job_id: str) -> JobRecord:
         record = await self.job(job_id)
@@ -240,7 +315,7 @@ class LifecycleService:
         prune finished job rows of the same age."""
         cutoff = self.wall_clock() - self.settings.partial_max_age_s
         owned: set[Path] = set()
-        for run in self.manager.running.values():
+        for run in self.manager.runs():
             with contextlib.suppress(StorageUnavailable):
                 owned.add(self.storage.model_dir(run.model))
         removed = await asyncio.to_thread(

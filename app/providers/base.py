@@ -1,4 +1,4 @@
-"""What the router needs from any chat backend: a complete call and a streaming call.
+"""What the chat service needs from any chat backend: a complete call and a streaming call.
 
 Bodies travel as the client's parsed OpenAI request with ``model`` replaced by the target's own
 model name; responses come back as bytes to relay, not objects to re-validate. A remote HTTP

@@ -103,7 +103,7 @@ class RuntimeComponent:
 
         def locate(spec: ModelSpec) -> list[tuple[Path, str]] | None:
             plan = lc.manager.plan(spec)
-            if not plan.installed or spec.id in lc.manager.running:
+            if not plan.installed or lc.manager.is_running(spec.id):
                 return None
             return [(f.path, s.sha256) for f, s in zip(plan.files, spec.files, strict=True)]
 

@@ -34,6 +34,8 @@ from app.store.write_batch import Job, WriteBatcher
 
 T = TypeVar("T")
 
+PLAIN_PATH = "keel_plain_path"
+
 # sqlite3.OperationalError arrives raw from the SQLite fast path (sqlite_fastpath.py).
 _SQLITE_POOL = 8
 _TRANSIENT = (sa_exc.DBAPIError, sa_exc.TimeoutError, ConnectionError, sqlite3.OperationalError)
@@ -58,6 +60,8 @@ class Database:
         if self.engine.dialect.driver == "asyncpg":
             _ping_with_begin(self.engine)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        if not self.store.fast_path:
+            event.listen(self.engine.sync_engine, "connect", _plain_path)
         self._batcher = WriteBatcher(self)
 
     async def write_batched(self, job: Job[T]) -> T:
@@ -176,6 +180,12 @@ def _ping_with_begin(engine: AsyncEngine) -> None:
         return True
 
     engine.dialect.do_ping = do_ping  # type: ignore[method-assign]
+
+
+def _plain_path(_dbapi_conn: Any, record: Any) -> None:
+    # Read by sqlite_fastpath.Prepared: every statement on this connection goes through
+    # SQLAlchemy (store.fast_path = false).
+    record.info[PLAIN_PATH] = True
 
 
 def _decode_text(raw: bytes) -> str:

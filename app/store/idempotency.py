@@ -37,12 +37,13 @@ batches and the lifespan runs it every ``sweep_interval_s``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -75,6 +76,20 @@ class StoredResponse:
     body: bytes
     headers: dict[str, str]  # lower-case names, e.g. content-type, etag, location
     replayed: bool = False
+
+
+def json_response(
+    status_code: int, payload: Any, headers: dict[str, str] | None = None
+) -> StoredResponse:
+    """A JSON response ready to be stored under a key."""
+    body = (
+        b""
+        if payload is None
+        else json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    )
+    out = {"content-type": "application/json"} if payload is not None else {}
+    out.update(headers or {})
+    return StoredResponse(status_code, body, out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,9 @@ runs it through the driver's public API on the DBAPI connection of the caller's 
 transaction: on SQLite one round trip to execute, one to fetch; on PostgreSQL one (asyncpg
 prepares it once per connection and keeps it in its statement cache). BEGIN, COMMIT and
 ROLLBACK stay with ``Database.write()``. Statements stay Core and stay in the repositories;
-only how they are sent differs. Other drivers go through SQLAlchemy.
+only how they are sent differs. Other drivers go through SQLAlchemy, and so does everything
+with ``store.fast_path = false`` (``KEEL_STORE__FAST_PATH``), which the conformance tests
+(tests/integration/store/test_fast_path_conformance.py) compare row by row.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
 
 from app.store import pg_fastpath as pg
+from app.store.database import PLAIN_PATH
 
 Processor = Callable[[Any], Any] | None
 
@@ -53,6 +56,8 @@ class Prepared:
         self, conn: AsyncConnection, values: Mapping[str, Any]
     ) -> list[tuple[Any, ...]]:
         """Execute and return every row."""
+        if conn.info.get(PLAIN_PATH):
+            return [tuple(r) for r in (await conn.execute(self.stmt, dict(values))).all()]
         if _on_asyncpg(conn):
             params = self._params(conn, values)
             rows = await pg.run(conn, self._sql, params, "fetch")
@@ -72,6 +77,8 @@ class Prepared:
 
     async def execute(self, conn: AsyncConnection, values: Mapping[str, Any]) -> int:
         """Execute without rows; returns the number of rows changed."""
+        if conn.info.get(PLAIN_PATH):
+            return int((await conn.execute(self.stmt, dict(values))).rowcount)
         if _on_asyncpg(conn):
             params = self._params(conn, values)  # compiles on first use, so before self._sql
             status = await pg.run(conn, self._sql, params, "execute")
@@ -83,6 +90,9 @@ class Prepared:
         return int(cursor.rowcount)
 
     async def execute_many(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+        if conn.info.get(PLAIN_PATH):
+            await conn.execute(self.stmt, [dict(r) for r in rows])
+            return
         if _on_asyncpg(conn):
             params = [self._params(conn, r) for r in rows]
             await pg.run(conn, self._sql, params, "executemany")

@@ -34,7 +34,7 @@ def wait(driver: WebDriver, condition: Any, timeout: float = WAIT_S) -> Any:
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
     except TimeoutException:
-        logs = driver.get_log("browser")  # type: ignore[no-untyped-call]
+        logs = driver.get_log("browser")  # type: ignore[attr-defined]  # Chrome's driver has it
         raise AssertionError(f"timed out; browser console: {logs}") from None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -106,7 +106,8 @@ async def test_body_size_limit(make_settings: Callable[..., Settings]) -> None:
         big = b'{"name": "' + b"x" * 2000 + b'", "count": 1}'
         assert_problem(await client.post("/v1/echo", content=big), 413, "payload_too_large")
 
-        async def chunks():  # no Content-Length: the limit must hold while streaming too
+        # No Content-Length: the limit must hold while streaming too.
+        async def chunks() -> AsyncIterator[bytes]:
             for _ in range(3):
                 yield b"x" * 600
 

@@ -98,8 +98,8 @@ async def test_dry_run_agrees_with_the_real_call(harness: Harness, tmp_path: Pat
             {"root": str(missing)},  # missing without create
         ):
             outcomes = []
-            for dry in ("?dry_run=true", ""):
-                resp = await client.put(f"/v1/lifecycle/storage{dry}", json=body)
+            for query in ("?dry_run=true", ""):
+                resp = await client.put(f"/v1/lifecycle/storage{query}", json=body)
                 outcomes.append((resp.status_code, resp.json().get("code")))
             assert outcomes[0] == outcomes[1] == (422, "validation_error"), body
         dry = await client.put(

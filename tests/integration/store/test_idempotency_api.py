@@ -95,7 +95,7 @@ async def test_malformed_key_is_400(client: httpx.AsyncClient, key: str) -> None
     resp = await client.post(
         f"/v1/conversations/{cid}/messages",
         json={"messages": [{"role": "user", "content": "x"}]},
-        headers=[("Idempotency-Key", key.encode("latin-1"))],
+        headers=[(b"Idempotency-Key", key.encode("latin-1"))],
     )
     body = assert_problem(resp, 400, "bad_request")
     assert "Idempotency-Key" in str(body["detail"])

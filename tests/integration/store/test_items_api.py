@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 import httpx
 
@@ -52,6 +53,7 @@ async def test_item_bodies_are_checked(client: httpx.AsyncClient) -> None:
     many = [{"role": "user", "content": "x"}] * 101
     body = assert_problem(await client.post(items, json={"items": many}), 413, "payload_too_large")
     assert body["limit_name"] == "max_messages_per_append"
+    bad: dict[str, Any]
     for bad in (
         {"items": []},
         {"items": [{"role": "wizard", "content": "x"}]},

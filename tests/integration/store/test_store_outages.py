@@ -37,7 +37,7 @@ async def test_pool_exhaustion_is_503_overloaded_and_readyz_says_so(
         assert (await client.post("/v1/conversations", json={})).status_code == 201
         db = running.state.db
         async with AsyncExitStack() as held:
-            await held.enter_async_context(db.engine.connect())  # the pool's only connection
+            _ = await held.enter_async_context(db.engine.connect())  # the pool's only one
             for resp in (
                 await client.post("/v1/conversations", json={}),
                 await client.get("/v1/conversations"),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from app.lifecycle.retry_policy import DownloadFailure, FailureKind, RetryPolicy
+from app.lifecycle.retry_policy import DownloadFailure, DownloadRetryPolicy, FailureKind
 
 
-def _policy(**kw: float) -> RetryPolicy:
+def _policy(**kw: float) -> DownloadRetryPolicy:
     values: dict[str, float] = {
         "retries": 2,
         "network_retries": 4,
@@ -15,7 +15,7 @@ def _policy(**kw: float) -> RetryPolicy:
         "max_delay_s": 8.0,
     }
     values.update(kw)
-    return RetryPolicy(
+    return DownloadRetryPolicy(
         retries=int(values["retries"]),
         network_retries=int(values["network_retries"]),
         base_delay_s=values["base_delay_s"],

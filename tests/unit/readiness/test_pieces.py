@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,7 +129,7 @@ def test_human_bytes() -> None:
     assert human_bytes(3 * 1024**3) == "3.0 GiB"
 
 
-def _check(name: str, *codes: str, **detail: object) -> CheckResult:
+def _check(name: str, *codes: str, **detail: Any) -> CheckResult:
     facts = {"model": "m", "provider": "p", "seconds": 1, "env": "E", "capability": "llm"}
     facts.update({"free": "1 B", "low": "2 B", "engine": "e", "install": "x", "error": "e"})
     return result(name, [reason(c, name, **facts) for c in codes], **detail)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pytest
 from hypothesis import settings
@@ -156,7 +157,7 @@ class BreakerMachine(RuleBasedStateMachine):
     )
     def setup(
         self,
-        window: str,
+        window: Literal["count", "time"],
         window_size: int,
         min_calls: int,
         failure_rate: float,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -26,7 +28,7 @@ async def _drain(manager, model: str = "m1", **kw):  # type: ignore[no-untyped-d
     return [m async for m in manager.generate(model, {"messages": []}, **kw)]
 
 
-async def _rest(gen):  # type: ignore[no-untyped-def]
+async def _rest(gen: AsyncIterator[Any]) -> list[Any]:
     return [m async for m in gen]
 
 

@@ -21,15 +21,15 @@ from app.store.conversation_models import Message, NewMessage, TextPart
 
 def test_if_match_parsing() -> None:
     assert precondition(None, None).given is False
-    assert precondition('"3"', None).allowed_versions() == {3}
-    assert precondition('"3", "5"', None).allowed_versions() == {3, 5}
+    assert precondition('"3"', None).allowed_versions() == frozenset({3})
+    assert precondition('"3", "5"', None).allowed_versions() == frozenset({3, 5})
     assert precondition('W/"3"', None).allowed_versions() == frozenset()  # strong comparison
     star = precondition("*", None)
     assert star.given
     assert star.if_match_any
     assert star.allowed_versions() is None
     assert precondition('"3"', 4).allowed_versions() == frozenset()  # both must hold
-    assert precondition(None, 4).allowed_versions() == {4}
+    assert precondition(None, 4).allowed_versions() == frozenset({4})
     for bad in ("3", "", '"abc', ","):
         with pytest.raises(BadRequest):
             precondition(bad, None)
@@ -38,8 +38,8 @@ def test_if_match_parsing() -> None:
 def test_if_none_match() -> None:
     for header in ('"2"', 'W/"2"', "*", '"1", "2"'):
         assert none_match(header, 2)
-    for header in ('"1"', None):
-        assert not none_match(header, 2)
+    for missing in ('"1"', None):
+        assert not none_match(missing, 2)
 
 
 def test_items_in_plain_or_parts() -> None:

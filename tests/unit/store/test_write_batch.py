@@ -71,7 +71,7 @@ def job(name: str, db: FakeDatabase, fail: bool = False) -> Any:
 
 
 async def submit(batcher: WriteBatcher, db: FakeDatabase, name: str, fail: bool = False) -> str:
-    result: str = await batcher.run(job(name, db, fail))  # type: ignore[arg-type]
+    result: str = await batcher.run(job(name, db, fail))
     assert name in db.all_committed()  # acknowledged only once committed
     return result
 

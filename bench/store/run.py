@@ -9,8 +9,8 @@ fresh PostgreSQL database (created next to the URL's database, dropped afterward
 side, measures each without and with an Idempotency-Key per append in interleaved rounds, and
 reports the server process's CPU seconds per append (utime + stime from /proc) and the
 PostgreSQL / SQLite ratios. CPU per append survives a busy machine far better than appends
-per second do. Keep ``--concurrency`` at or below ``KEEL_STORE__POOL_SIZE`` (10): above it
-the pool opens and closes overflow connections, which costs more than the appends.
+per second do. It also prints the sessions PostgreSQL opened: more than the pool holds means
+overflow connections were opened and closed, which costs more than the appends.
 
 Starts ``python -m app.cli serve`` (one uvicorn worker, SQLite in a temporary data dir) on a free
 loopback port, creates one conversation per client, and has each client append one message at a

@@ -6,9 +6,8 @@ back as SQLAlchemy would raise them (``DBAPIError`` subclasses wrapping the driv
 the connection invalidated when it is gone), so ``db_errors.translate`` and every caller see
 the same exceptions on either path.
 
-This reaches into two private members of SQLAlchemy's asyncpg adapter (``_transaction``,
-``_start_transaction``); ``supported`` checks they exist, and without them statements go
-through SQLAlchemy.
+This reaches into private members of SQLAlchemy's asyncpg adapter (``_ADAPTER_MEMBERS``);
+``supported`` checks they exist, and without them statements go through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -27,9 +26,12 @@ def adapter_of(conn: AsyncConnection) -> Any:
     return conn.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
 
 
+_ADAPTER_MEMBERS = ("_transaction", "_start_transaction", "_execute_mutex", "_connection")
+
+
 def supported(conn: AsyncConnection) -> bool:
     adapter = adapter_of(conn)
-    return hasattr(adapter, "_transaction") and hasattr(adapter, "_start_transaction")
+    return all(hasattr(adapter, name) for name in _ADAPTER_MEMBERS)
 
 
 async def run(conn: AsyncConnection, sql: str, params: Any, method: Method) -> Any:

@@ -5,7 +5,6 @@ registry like a provider's (409 ``request_cancelled``)."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -14,7 +13,7 @@ import httpx
 from app.main import Components, create_app
 from app.runtime.component import RuntimeComponent, RuntimeInputs
 from app.runtime.manager import RuntimeManager
-from tests.fakes.servers import ServerThread
+from tests.fakes.servers import ServerThread, wait_for
 from tests.integration.runtime.conftest import MODEL, RuntimeHarness
 from tests.unit.runtime.conftest import fake_argv
 
@@ -38,15 +37,6 @@ class CapturingRuntime:
     def waiting(self) -> int:
         assert self.manager is not None
         return self.manager.slot(MODEL).waiting
-
-
-def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_cancel_a_request_queued_behind_a_local_generation(
@@ -81,10 +71,10 @@ def test_cancel_a_request_queued_behind_a_local_generation(
 
     running = threading.Thread(target=stream)
     running.start()
-    _wait_for(lambda: len(lines) > 3, "first tokens")
+    wait_for(lambda: len(lines) > 3, "first tokens")
     waiting = threading.Thread(target=wait_in_queue)
     waiting.start()
-    _wait_for(lambda: runtime.waiting() == 1, "the second request to queue for the model")
+    wait_for(lambda: runtime.waiting() == 1, "the second request to queue for the model")
     cancel = httpx.post(f"{server.url}/v1/requests/local-queued/cancel")
     assert cancel.status_code == 200, cancel.text
     waiting.join(timeout=30)

@@ -24,7 +24,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from app.lifecycle.cli import import_model
 from app.main import create_app
 from app.settings import Settings
-from tests.fakes.servers import KeelProcess, ServerThread
+from tests.fakes.servers import KeelProcess, ServerThread, wait_for
 from tests.unit.runtime.conftest import pid_gone
 
 pytest.importorskip("llama_cpp", reason="the local extra (llama-cpp-python) is not installed")
@@ -64,15 +64,6 @@ def keel(
 def _view(url: str) -> dict[str, Any]:
     got: dict[str, Any] = httpx.get(f"{url}/v1/lifecycle/models/{MODEL}", timeout=30).json()
     return got
-
-
-def _wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -159,13 +150,13 @@ def test_disconnect_stops_the_cpu_then_keep_alive_and_shutdown_stop_the_worker(
     time.sleep(1.0)
     assert _cpu_seconds(pid) - before < 0.3  # idle, not still generating 1500 tokens
     # keep_alive_s passes: the worker is gone.
-    _wait_for(lambda: _view(server.url)["state"] == "installed", "keep-alive unload")
+    wait_for(lambda: _view(server.url)["state"] == "installed", "keep-alive unload", timeout=60)
     assert pid_gone(pid)
     # Shutdown leaves no child process.
     assert httpx.post(f"{server.url}/v1/lifecycle/models/{MODEL}/load", timeout=180).is_success
     pid = _view(server.url)["runtime"]["pid"]
     server.__exit__(None, None, None)
-    _wait_for(lambda: pid_gone(pid), "worker reaped at shutdown", timeout=30)
+    wait_for(lambda: pid_gone(pid), "worker reaped at shutdown", timeout=30)
 
 
 @pytest.mark.chaos
@@ -179,7 +170,7 @@ def test_kill_9_of_keel_leaves_no_orphan_worker(
         assert r.status_code == 200, r.text
         pid = _view(keel.url)["runtime"]["pid"]
         keel.kill9()  # no lifespan shutdown runs: PR_SET_PDEATHSIG and stdin EOF must do it
-        _wait_for(lambda: pid_gone(pid), "the orphaned worker to die", timeout=30)
+        wait_for(lambda: pid_gone(pid), "the orphaned worker to die", timeout=30)
     finally:
         keel.stop()
 
@@ -205,4 +196,4 @@ def test_sigterm_cancels_a_running_stream_and_stops_the_worker(
         keel.stop()
     # The stream did not run on through the graceful wait: it ended with the error event.
     assert "event: error" in events
-    _wait_for(lambda: pid_gone(pid), "the worker stopped at shutdown", timeout=30)
+    wait_for(lambda: pid_gone(pid), "the worker stopped at shutdown", timeout=30)

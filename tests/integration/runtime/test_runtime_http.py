@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes.servers import ServerThread
+from tests.fakes.servers import ServerThread, wait_for
 from tests.integration.runtime.conftest import EMBED, MODEL, RuntimeHarness
 from tests.unit.runtime.conftest import pid_gone
 
@@ -33,15 +32,6 @@ def _runtime(url: str) -> dict[str, Any]:
     got = httpx.get(f"{url}/v1/lifecycle/models/{MODEL}", timeout=30).json()
     assert isinstance(got, dict)
     return got
-
-
-def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_chat_by_id_by_provider_and_by_route_with_usage(
@@ -97,7 +87,7 @@ def test_load_unload_and_the_runtime_view(harness: RuntimeHarness, serve: Serve)
     assert pid_gone(pid)
     r = httpx.post(f"{server.url}/v1/lifecycle/models/{MODEL}/load?wait=false")
     assert r.status_code == 202
-    _wait_for(lambda: _runtime(server.url)["state"] == "ready", "background load")
+    wait_for(lambda: _runtime(server.url)["state"] == "ready", "background load")
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'keel_model_load_seconds_count{kind="cold",model="fake-llm"} 2.0' in metrics
     assert "keel_models_loaded 1.0" in metrics
@@ -156,7 +146,7 @@ def test_a_memory_budget_below_the_need_is_507(harness: RuntimeHarness, serve: S
 def test_keep_alive_zero_unloads_after_the_request(harness: RuntimeHarness, serve: Serve) -> None:
     server = serve(harness.app())
     assert _chat(server.url, keep_alive=0).status_code == 200
-    _wait_for(lambda: _runtime(server.url)["state"] == "installed", "keep_alive 0 unload")
+    wait_for(lambda: _runtime(server.url)["state"] == "installed", "keep_alive 0 unload")
     assert _chat(server.url, keep_alive="bogus").status_code == 422
 
 
@@ -176,7 +166,7 @@ def test_cancel_by_request_id(harness: RuntimeHarness, serve: Serve) -> None:
 
     reader = threading.Thread(target=consume)
     reader.start()
-    _wait_for(lambda: len(lines) > 3, "first tokens")
+    wait_for(lambda: len(lines) > 3, "first tokens")
     r = httpx.post(f"{server.url}/v1/requests/stop-me-please/cancel")
     assert r.status_code == 200
     reader.join(timeout=30)
@@ -204,7 +194,7 @@ def test_kill_9_mid_stream_gives_an_sse_error_then_the_next_request_reloads(
     assert "event: error" in events
     error = json.loads(events[events.index("event: error") + 1].removeprefix("data: "))
     assert error["error"]["code"]
-    _wait_for(lambda: _runtime(server.url)["state"] == "error", "crash noticed")
+    wait_for(lambda: _runtime(server.url)["state"] == "error", "crash noticed")
     assert _chat(server.url).status_code == 200
     assert "keel_worker_crashes_total" in httpx.get(f"{server.url}/metrics").text
 
@@ -235,7 +225,7 @@ def test_shutdown_leaves_no_child(harness: RuntimeHarness) -> None:
         pid = _runtime(server.url)["runtime"]["pid"]
     finally:
         server.__exit__(None, None, None)
-    _wait_for(lambda: pid_gone(pid), "worker reaped")
+    wait_for(lambda: pid_gone(pid), "worker reaped")
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -148,7 +149,7 @@ def _create_engine(url: str, store: StoreSettings) -> AsyncEngine:
         # the read going; the altered text then fails its checksum like any other damage.
         dbapi_conn.driver_connection.text_factory = _decode_text
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cur, store.sqlite_busy_timeout_ms / 1000)
         cur.execute(f"PRAGMA synchronous={store.sqlite_synchronous}")
         cur.execute(f"PRAGMA busy_timeout={int(store.sqlite_busy_timeout_ms)}")
         cur.execute("PRAGMA foreign_keys=ON")
@@ -190,3 +191,18 @@ def _plain_path(_dbapi_conn: Any, record: Any) -> None:
 
 def _decode_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
+
+
+def _switch_to_wal(cur: Any, bound_s: float) -> None:
+    """Turn on WAL, retrying within the busy timeout: a new database switches under an
+    exclusive lock, and SQLite answers a concurrent switch (two replicas starting on one fresh
+    file) with "database is locked" at once, without consulting busy_timeout."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)

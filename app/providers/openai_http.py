@@ -1,10 +1,10 @@
 """Any OpenAI-compatible HTTP endpoint (OpenAI, vLLM, Ollama's /v1, ...) as a Provider.
 
-One long-lived ``httpx.AsyncClient`` per provider, with explicit timeouts and connection limits
-and an injectable transport. Transport errors and upstream statuses become ``UpstreamFailure``
-so the resilience kit can decide; the upstream's error body is read, truncated for the log and
-never forwarded. The API key is read from the named environment variable when the client is
-built and lives only in the client's default headers.
+One long-lived client per provider (a ``Wire``: aiohttp by default, httpx on request or when a
+transport is injected), with explicit timeouts and connection limits. Transport errors and
+upstream statuses become ``UpstreamFailure`` so the resilience kit can decide; the upstream's
+error body is read, truncated for the log and never forwarded. The API key is read from the
+named environment variable when the client is built and lives only in its default headers.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from app.providers.upstream_checks import (
     completion_failure,
     stream_event_failure,
 )
+from app.providers.wire import Timeouts, Wire, WireError, WireReason, WireResponse
+from app.providers.wire_aiohttp import AiohttpWire
+from app.providers.wire_httpx import HttpxWire
 from app.resilience.backoff import parse_retry_after
 from app.resilience.deadline import Deadline
 from app.resilience.failures import UpstreamFailure
@@ -36,6 +39,9 @@ _MAX_ERROR_LOG = 300
 # The only piece of an upstream error body Keel passes on: the name of the field it blamed.
 _PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]-]{0,63}$")
 _DONE = b"data: [DONE]"
+_JSON = {"Content-Type": "application/json"}
+_JSON_SSE = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+_NO_HEADERS: dict[str, str] = {}
 
 
 class OpenAIHTTPProvider:
@@ -53,15 +59,6 @@ class OpenAIHTTPProvider:
         # limit (``resilience.max_throttle_s``) bounds it first.
         self.max_retry_after_s = max_retry_after_s
         headers = {"Accept-Encoding": "identity"}
-        limits = httpx.Limits(
-            max_connections=settings.max_concurrency,
-            max_keepalive_connections=min(settings.max_concurrency, 64),
-            keepalive_expiry=30.0,
-        )
-        if transport is None and settings.http_transport == "aiohttp":
-            from httpx_aiohttp import AiohttpTransport
-
-            transport = AiohttpTransport(limits=limits, trust_env=False)
         key = settings.api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -73,25 +70,24 @@ class OpenAIHTTPProvider:
                 settings.api_key_env,
                 extra={"provider": name, "env": settings.api_key_env},
             )
-        self._client = httpx.AsyncClient(
-            base_url=settings.base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(
-                connect=settings.connect_timeout_s,
-                read=settings.timeout_s or 60.0,
-                write=settings.connect_timeout_s,
-                pool=settings.max_queue_wait_s + settings.connect_timeout_s,
-            ),
-            limits=limits,
-            transport=transport,
-            follow_redirects=False,
-        )
+        self._wire: Wire
+        if transport is None and settings.http_transport == "aiohttp":
+            self._wire = AiohttpWire(
+                settings.base_url, headers, max_connections=settings.max_concurrency
+            )
+        else:
+            self._wire = HttpxWire(
+                settings.base_url,
+                headers,
+                max_connections=settings.max_concurrency,
+                transport=transport,
+            )
 
     def model_names(self) -> list[str]:
         return list(self.settings.models)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._wire.aclose()
 
     async def complete(self, body: dict[str, Any], model: str, deadline: Deadline) -> Completion:
         return await self.relay("chat/completions", {**body, "stream": False}, model, deadline)
@@ -101,18 +97,14 @@ class OpenAIHTTPProvider:
     ) -> Completion:
         payload = _encode({**body, "model": model})
         try:
-            resp = await self._client.post(
-                path,
-                content=payload,
-                timeout=self._timeout(deadline),
-                headers={"Content-Type": "application/json"},
-            )
-        except httpx.HTTPError as exc:
-            raise _transport_failure(exc, self.name) from exc
-        if resp.status_code != 200:
-            raise self._status_failure(resp, resp.content)
+            resp = await self._wire.send("POST", path, payload, _JSON, self._timeouts(deadline))
+            content = await resp.read()
+        except WireError as exc:
+            raise _transport_failure(exc.reason, self.name) from exc
+        if resp.status != 200:
+            raise self._status_failure(resp, content)
         failure = completion_failure(
-            resp.content, "data" if path.rstrip("/").endswith("embeddings") else "choices"
+            content, "data" if path.rstrip("/").endswith("embeddings") else "choices"
         )
         if failure is not None:
             log.warning(
@@ -120,7 +112,7 @@ class OpenAIHTTPProvider:
                 extra={"provider": self.name, "reason": failure.reason},
             )
             raise failure
-        return Completion(resp.content, "application/json")
+        return Completion(content, "application/json")
 
     async def open_stream(
         self, body: dict[str, Any], model: str, deadline: Deadline
@@ -131,24 +123,15 @@ class OpenAIHTTPProvider:
         self, path: str, body: dict[str, Any], model: str, deadline: Deadline
     ) -> HTTPChatStream:
         payload = _encode({**body, "model": model, "stream": True})
-        request = self._client.build_request(
-            "POST",
-            path,
-            content=payload,
-            timeout=self._timeout(deadline),
-            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
-        )
         try:
-            resp = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise _transport_failure(exc, self.name) from exc
-        if resp.status_code != 200:
+            resp = await self._wire.send("POST", path, payload, _JSON_SSE, self._timeouts(deadline))
+        except WireError as exc:
+            raise _transport_failure(exc.reason, self.name) from exc
+        if resp.status != 200:
             try:
-                content = await resp.aread()
-            except httpx.HTTPError:
+                content = await resp.read()
+            except WireError:
                 content = b""
-            finally:
-                await resp.aclose()
             raise self._status_failure(resp, content)
         return HTTPChatStream(resp, self.name)
 
@@ -159,50 +142,52 @@ class OpenAIHTTPProvider:
         and whether chat works is what the half-open trial call finds out.
         """
         try:
-            resp = await self._client.get("models", timeout=self._timeout(deadline))
-        except httpx.HTTPError as exc:
-            raise _transport_failure(exc, self.name) from exc
-        if resp.status_code >= 500 or resp.status_code in (408, 429):
-            raise UpstreamFailure(status_code=resp.status_code)
+            resp = await self._wire.send(
+                "GET", "models", None, _NO_HEADERS, self._timeouts(deadline)
+            )
+            await resp.read()
+        except WireError as exc:
+            raise _transport_failure(exc.reason, self.name) from exc
+        if resp.status >= 500 or resp.status in (408, 429):
+            raise UpstreamFailure(status_code=resp.status)
 
-    def _timeout(self, deadline: Deadline) -> httpx.Timeout:
+    def _timeouts(self, deadline: Deadline) -> Timeouts:
         """Each phase keeps its own cap, and none outlives the request's deadline."""
         left = max(deadline.remaining(), 0.001)
         s = self.settings
-        return httpx.Timeout(
+        return Timeouts(
             connect=min(s.connect_timeout_s, left),
             read=min(s.timeout_s or left, left),
-            write=min(s.connect_timeout_s, left),
             pool=min(s.max_queue_wait_s + s.connect_timeout_s, left),
         )
 
-    def _status_failure(self, resp: httpx.Response, content: bytes) -> UpstreamFailure:
-        header = resp.headers.get("retry-after")
+    def _status_failure(self, resp: WireResponse, content: bytes) -> UpstreamFailure:
+        header = resp.header("retry-after")
         retry_after = capped_retry_after(
             parse_retry_after(header, time.time()) if header else None, self.max_retry_after_s
         )
         log.warning(
             "upstream answered %d",
-            resp.status_code,
+            resp.status,
             extra={
                 "provider": self.name,
-                "status": resp.status_code,
+                "status": resp.status,
                 "upstream_body": content[:_MAX_ERROR_LOG].decode("utf-8", "replace"),
             },
         )
         return UpstreamFailure(
-            status_code=resp.status_code, retry_after=retry_after, param=_blamed_param(content)
+            status_code=resp.status, retry_after=retry_after, param=_blamed_param(content)
         )
 
 
 class HTTPChatStream:
-    def __init__(self, resp: httpx.Response, provider: str) -> None:
+    def __init__(self, resp: WireResponse, provider: str) -> None:
         self._resp = resp
         self._provider = provider
 
     async def events(self, idle_timeout_s: float) -> AsyncIterator[bytes]:
         buffer = b""
-        chunks = self._resp.aiter_raw().__aiter__()
+        chunks = self._resp.chunks().__aiter__()
         saw_done = False
         relayed = False  # whether an event went out: an error after that is committed
         while True:
@@ -213,7 +198,7 @@ class HTTPChatStream:
                 break
             except TimeoutError:
                 raise UpstreamFailure("stream_idle", committed=True) from None
-            except httpx.HTTPError as exc:
+            except WireError as exc:
                 raise UpstreamFailure("stream_drop", committed=True) from exc
             buffer += chunk.replace(b"\r\n", b"\n")
             while b"\n\n" in buffer:
@@ -255,14 +240,6 @@ def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _transport_failure(exc: httpx.HTTPError, provider: str) -> UpstreamFailure:
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        reason = "connect"
-    elif isinstance(exc, httpx.TimeoutException):
-        reason = "timeout"
-    elif isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-        reason = "reset"
-    else:
-        reason = "transport"
+def _transport_failure(reason: WireReason, provider: str) -> UpstreamFailure:
     log.info("upstream transport error", extra={"provider": provider, "reason": reason})
     return UpstreamFailure(reason)

@@ -113,9 +113,16 @@ async def test_stream_without_done_is_a_committed_failure() -> None:
     await provider.aclose()
 
 
-def test_api_key_comes_from_env_only(monkeypatch: pytest.MonkeyPatch) -> None:
+@respx.mock
+async def test_api_key_comes_from_env_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLOUD_KEY_T", "sk-secret")
     cfg = ProviderSettings(base_url=BASE, api_key_env="CLOUD_KEY_T", http_transport="httpx")
     assert "sk-secret" not in cfg.model_dump_json()
     provider = OpenAIHTTPProvider("cloud", cfg)
-    assert provider._client.headers["authorization"] == "Bearer sk-secret"
+    monkeypatch.delenv("CLOUD_KEY_T")  # read once, when the client was built
+    route = respx.post(f"{BASE}/chat/completions").mock(
+        return_value=httpx.Response(200, content=b'{"id":"x","choices":[]}')
+    )
+    await provider.complete({"messages": []}, "m", _deadline())
+    assert route.calls.last.request.headers["authorization"] == "Bearer sk-secret"
+    await provider.aclose()

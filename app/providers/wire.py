@@ -1,0 +1,67 @@
+"""The HTTP client under a remote provider, reduced to what the provider needs.
+
+``OpenAIHTTPProvider`` decides (statuses, checks, SSE framing); a ``Wire`` only moves bytes.
+Two wires exist: ``AiohttpWire`` (the default: aiohttp straight, measured in
+docs/benchmarks.md) and ``HttpxWire`` (``http_transport = "httpx"``, and the one the narrow
+unit tests drive through respx or an injected transport). Each wire turns its library's
+exceptions into ``WireError`` with one of the reasons below, so the provider's failure mapping
+is the same whichever carries the bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+# connect: no connection could be made; timeout: a phase ran out of time (pool wait included);
+# reset: the peer closed or broke the connection; transport: anything else the client refused.
+WireReason = Literal["connect", "timeout", "reset", "transport"]
+
+
+class WireError(Exception):
+    def __init__(self, reason: WireReason) -> None:
+        super().__init__(reason)
+        self.reason: WireReason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per phase, in seconds; each already capped by the request's deadline."""
+
+    connect: float  # a new TCP (and TLS) connection
+    read: float  # between two reads of the answer
+    pool: float  # waiting for a free connection, then connecting
+
+
+class WireResponse(Protocol):
+    status: int
+
+    def header(self, name: str) -> str | None:
+        """A response header by lower-case name."""
+        ...
+
+    async def read(self) -> bytes:
+        """The whole body; releases the connection. Raises ``WireError``."""
+        ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive. Raises ``WireError`` on a broken read."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Wire(Protocol):
+    async def send(
+        self,
+        method: Literal["GET", "POST"],
+        path: str,
+        payload: bytes | None,
+        headers: dict[str, str],
+        timeouts: Timeouts,
+    ) -> WireResponse:
+        """Sends and returns once the status line and headers are in. Raises ``WireError``."""
+        ...
+
+    async def aclose(self) -> None: ...

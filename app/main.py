@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from app.api import chat, conversations, diagnostics, health, readiness, relay, ui
 from app.api import lifecycle as lifecycle_api
 from app.api import runtime as runtime_api
+from app.api.direct import DirectRoutes
 from app.api.edge import EdgePolicy
 from app.api.middleware import KeelMiddleware
 from app.api.openapi import install_openapi
@@ -129,12 +130,14 @@ def create_app(
     )
     install_error_handlers(app)
     install_openapi(app, settings.store)  # lazy: documents the routes included below too
+    direct = DirectRoutes()
     app.add_middleware(
         KeelMiddleware,
         metrics=metrics,
         api_token=settings.api_token.get_secret_value() if settings.api_token else None,
         max_body_bytes=settings.max_body_bytes,
         edge=EdgePolicy(settings.effective_allowed_hosts, settings.cors_origins),
+        direct=direct if settings.direct_routes else None,
     )
     app.include_router(chat.router)
     app.include_router(relay.router)
@@ -145,6 +148,9 @@ def create_app(
     app.include_router(runtime_api.router)
     app.include_router(readiness.router)
     app.include_router(ui.router)
+    direct.adopt(
+        [chat.router, relay.router], [chat.chat_completions, relay.embeddings, relay.completions]
+    )
     return app
 
 

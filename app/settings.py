@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     header_timeout_s: float = Field(10.0, gt=0, le=600)
     body_timeout_s: float = Field(30.0, gt=0, le=3600)
+    # The chat and relay endpoints served straight from Keel's middleware, past FastAPI's
+    # router (app/api/direct.py); false serves them through the router like every other.
+    direct_routes: bool = True
 
     resilience: ResilienceSettings = ResilienceSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)

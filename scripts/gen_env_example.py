@@ -42,6 +42,7 @@ DOCS = {
     "comma-separated; default none",
     "header_timeout_s": "a request's headers must arrive within this many seconds (else closed)",
     "body_timeout_s": "a request's body must arrive within this many seconds after its headers",
+    "direct_routes": "chat, embeddings and completions skip FastAPI's router (same answers)",
 }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.direct import DirectRoutes
 from app.api.edge import HEADERS as EDGE_HEADERS
 from app.api.edge import EdgePolicy, Preflight, Verdict
 from app.api.problems import BodyTooLarge, problem_response
@@ -44,9 +45,11 @@ class KeelMiddleware:
         api_token: str | None,
         max_body_bytes: int,
         edge: EdgePolicy | None = None,
+        direct: DirectRoutes | None = None,
     ) -> None:
         self.app = app
         self.edge = edge
+        self.direct = direct
         self.metrics = metrics
         self.token = api_token.encode() if api_token else None
         self.max_body = max_body_bytes
@@ -112,8 +115,11 @@ class KeelMiddleware:
                 refusal = self._reject(path, headers)
             else:
                 refusal = verdict
+            route = self.direct.match(method, path) if self.direct is not None else None
             if refusal is not None:
                 await problem_response(refusal, request_id)(scope, receive, send_wrapper)
+            elif route is not None:
+                await DirectRoutes.serve(route, scope, self._limited(receive), send_wrapper)
             else:
                 await self.app(scope, self._limited(receive), send_wrapper)
         except _HeadAnswered:

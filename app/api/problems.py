@@ -76,8 +76,25 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     return out
 
 
+def handled_error_response(request: Request, exc: KeelError | RequestValidationError) -> Response:
+    """What the handlers below answer, for callers outside FastAPI's exception middleware
+    (``app/api/direct.py``)."""
+    if isinstance(exc, KeelError):
+        return _keel_error_response(request, exc)
+    return _validation_response(request, exc)
+
+
 async def _keel_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KeelError)
+    return _keel_error_response(request, exc)
+
+
+async def _validation_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return _validation_response(request, exc)
+
+
+def _keel_error_response(request: Request, exc: KeelError) -> Response:
     if exc.status_code >= 500:
         log.warning(
             "request failed: %s",
@@ -88,8 +105,7 @@ async def _keel_error_handler(request: Request, exc: Exception) -> Response:
     return problem_response(exc, request_id_of(request))
 
 
-async def _validation_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
+def _validation_response(request: Request, exc: RequestValidationError) -> Response:
     errors = field_errors(exc.errors())
     detail = "Invalid request: " + ", ".join(e["field"] for e in errors[:5])
     # The OpenAI envelope's ``param``: the first offending body field, as a short path.

@@ -185,8 +185,9 @@ class ChatObserver:
 
     def attempt(self, provider: str, outcome: str, duration_s: float) -> None:
         if self._metrics is not None:
-            self._metrics.upstream_attempts.labels(provider=provider, outcome=outcome).inc()
-            self._metrics.upstream_latency.labels(provider=provider).observe(duration_s)
+            m = self._metrics
+            m.child(m.upstream_attempts, provider, outcome).inc()
+            m.child(m.upstream_latency, provider).observe(duration_s)
 
     def retry(self, provider: str, reason: str, delay_s: float) -> None:
         if self._metrics is not None:
@@ -202,8 +203,9 @@ class ChatObserver:
 
     def occupancy(self, provider: str, in_use: int, queued: int) -> None:
         if self._metrics is not None:
-            self._metrics.limiter_in_use.labels(provider=provider).set(in_use)
-            self._metrics.limiter_queued.labels(provider=provider).set(queued)
+            m = self._metrics
+            m.child(m.limiter_in_use, provider).set(in_use)
+            m.child(m.limiter_queued, provider).set(queued)
 
     def throttled(self, provider: str, seconds: float) -> None:
         if self._metrics is not None:

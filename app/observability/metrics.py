@@ -7,19 +7,25 @@ state — never ids.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 DOWNLOAD_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 14400)
 
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
+# Remembered label children (``Metrics.child``); the label sets are bounded, this is a guard.
+_MAX_CHILDREN = 10_000
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
 
         # HTTP (foundation)
         self.http_requests = Counter(
@@ -220,6 +226,17 @@ class Metrics:
             ["capability"],
             registry=r,
         )
+
+    def child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: ``labels()`` takes a lock and builds a key
+        on every call, which the hot path paid several times per request."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = metric.labels(*values)
+            if len(self._children) < _MAX_CHILDREN:
+                self._children[key] = found
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 
 from app.providers.base import Completion
 from app.providers.upstream_checks import (
@@ -237,7 +238,10 @@ def _blamed_param(content: bytes) -> str | None:
 
 
 def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return orjson.dumps(body)  # a tenth of json.dumps' time on the hot path
+    except orjson.JSONEncodeError:  # a lone surrogate: json writes it as an escape
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _transport_failure(reason: WireReason, provider: str) -> UpstreamFailure:

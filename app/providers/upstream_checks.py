@@ -14,6 +14,8 @@ import json
 import math
 from typing import Any
 
+import orjson
+
 from app.resilience.failures import UpstreamFailure
 
 BAD_RESPONSE = "bad_response"
@@ -28,8 +30,8 @@ def completion_failure(content: bytes, expected: str = "choices") -> UpstreamFai
     """None when ``content`` is the expected answer: a JSON object whose ``expected`` member
     is a list (``choices`` for chat and text completions, ``data`` for embeddings)."""
     try:
-        body = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+        body = orjson.loads(content)  # strict JSON: NaN or invalid UTF-8 is a bad answer
+    except orjson.JSONDecodeError:
         return UpstreamFailure(BAD_RESPONSE, status_code=_IN_BAND_DEFAULT)
     if isinstance(body, dict) and body.get("error"):
         return _in_band(body["error"], BAD_RESPONSE, committed=False)

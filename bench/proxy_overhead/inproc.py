@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import json
 import pstats
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +79,9 @@ async def one(app: Any, state: dict[str, Any]) -> int:
     return status
 
 
-async def drive(up_port: int, requests: int, profile: bool) -> None:
-    data = Path(tempfile.mkdtemp())
-    settings = Settings(
-        data_dir=data,
+def keel_settings(up_port: int, **overrides: Any) -> Settings:
+    return Settings(
+        data_dir=Path(tempfile.mkdtemp()),
         log_level="WARNING",
         providers={
             "up": {
@@ -90,41 +92,56 @@ async def drive(up_port: int, requests: int, profile: bool) -> None:
             }
         },
         routes={"bench": ["up/m"]},
+        **overrides,
     )
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        state = manager._state
-        for _ in range(200):
-            assert await one(app, state) == 200
-        profiler = cProfile.Profile() if profile else None
-        t0, c0 = time.perf_counter(), time.process_time()
-        if profiler:
-            profiler.enable()
-        for _ in range(requests):
-            await one(app, state)
-        if profiler:
-            profiler.disable()
-        keel = (time.perf_counter() - t0) / requests * 1e6
-        keel_cpu = (time.process_time() - c0) / requests * 1e6
-    async with aiohttp.ClientSession() as session:
-        url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
-        for _ in range(200):
+
+
+async def drive(up_port: int, requests: int, profile: bool, block: int = 100) -> None:
+    """Blocks of ``block`` requests through each variant in turn, so a slower moment of a
+    shared machine falls on all of them alike; CPU time is summed per variant."""
+    url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+    profiler = cProfile.Profile() if profile else None
+    async with AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+
+        async def bare() -> None:
             async with session.post(url, data=BODY) as r:
                 await r.read()
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(requests):
-            async with session.post(url, data=BODY) as r:
-                await r.read()
-        bare = (time.perf_counter() - t0) / requests * 1e6
-        bare_cpu = (time.process_time() - c0) / requests * 1e6
+
+        variants: dict[str, Callable[[], Awaitable[Any]]] = {"aiohttp alone": bare}
+        for name, overrides in (("keel", {}), ("keel, router only", {"direct_routes": False})):
+            app = create_app(keel_settings(up_port, **overrides))
+            manager = await stack.enter_async_context(LifespanManager(app))
+            variants[name] = functools.partial(one, app, manager._state)
+        for call in variants.values():  # warm-up: connections, caches, first-call imports
+            for _ in range(200):
+                await call()
+        wall = dict.fromkeys(variants, 0.0)
+        cpu = dict.fromkeys(variants, 0.0)
+        for _ in range(max(1, requests // block)):
+            for name, call in variants.items():
+                if profiler and name == "keel":
+                    profiler.enable()
+                t0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(block):
+                    await call()
+                wall[name] += time.perf_counter() - t0
+                cpu[name] += time.process_time() - c0
+                if profiler and name == "keel":
+                    profiler.disable()
+    n = max(1, requests // block) * block
+    base = cpu["aiohttp alone"]
     # CPU time is the steadier figure on a shared machine: it leaves out the upstream's turn.
-    print(f"                  {'wall':>8} {'cpu':>8}  (us per request)")
-    print(f"keel in-process   {keel:8.0f} {keel_cpu:8.0f}")
-    print(f"aiohttp alone     {bare:8.0f} {bare_cpu:8.0f}")
-    own = keel_cpu - bare_cpu
-    print(f"keel's own work   {keel - bare:8.0f} {own:8.0f}  ({keel_cpu / bare_cpu:.1f}x cpu)")
+    print(f"{'':<20}{'wall':>8}{'cpu':>8}  us per request; cpu as a multiple of aiohttp's")
+    for name in variants:
+        print(
+            f"{name:<20}{wall[name] / n * 1e6:8.0f}{cpu[name] / n * 1e6:8.0f}"
+            f"  {cpu[name] / base:5.2f}x"
+        )
     if profiler:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("tottime").print_stats(35)
+        stats.sort_stats("cumulative").print_stats(r"/app/", 40)
 
 
 def main() -> None:

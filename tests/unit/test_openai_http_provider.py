@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import respx
@@ -125,4 +127,18 @@ async def test_api_key_comes_from_env_only(monkeypatch: pytest.MonkeyPatch) -> N
     )
     await provider.complete({"messages": []}, "m", _deadline())
     assert route.calls.last.request.headers["authorization"] == "Bearer sk-secret"
+    await provider.aclose()
+
+
+@respx.mock
+async def test_a_body_orjson_refuses_still_goes_as_json() -> None:
+    route = respx.post(f"{BASE}/chat/completions").mock(
+        return_value=httpx.Response(200, content=b'{"id":"x","choices":[]}')
+    )
+    provider = _provider()
+    body = {"messages": [{"role": "user", "content": "caf\u00e9 \ud800"}], "seed": 2**63 - 1}
+    await provider.complete(body, "m", _deadline())
+    sent = json.loads(route.calls.last.request.content)
+    assert sent["messages"][0]["content"] == "caf\u00e9 \ud800"
+    assert sent["seed"] == 2**63 - 1
     await provider.aclose()

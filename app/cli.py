@@ -43,6 +43,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
+        # Keel reads no client address or scheme, so it trusts no X-Forwarded-* header.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
         http=http_protocol(settings.header_timeout_s, settings.body_timeout_s),
         workers=None,

@@ -22,16 +22,27 @@ class ClientDisconnected(Exception):
     """The client hung up before the answer was ready."""
 
 
-async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> T:
+# A call that answers sooner than this never starts a watcher: a task per request was a
+# tenth of the proxy's own cost against a fast upstream, and a hang-up noticed 50 ms late
+# wastes at most 50 ms of upstream work.
+WATCH_AFTER_S = 0.05
+
+
+async def until_disconnect(
+    receive: Receive, work: Callable[[], Awaitable[T]], *, watch_after_s: float = WATCH_AFTER_S
+) -> T:
     """Run ``work``; raise ``ClientDisconnected`` (having cancelled it) if the client leaves.
 
     Only valid once the request body has been read: from then on ``receive()`` returns only
     ``http.disconnect``. The work runs in the caller's task (its exceptions arrive as
-    themselves) and one watcher task cancels it when the client hangs up.
+    themselves); once it has run ``watch_after_s``, one watcher task cancels it when the client
+    hangs up (a client already gone by then is noticed at once).
     """
     current = asyncio.current_task()
     assert current is not None
+    loop = asyncio.get_running_loop()
     gone = False
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal gone
@@ -39,7 +50,11 @@ async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -
         gone = True
         current.cancel()
 
-    watcher = asyncio.create_task(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(watch_after_s, start_watching)
     try:
         return await work()
     except asyncio.CancelledError:
@@ -47,7 +62,9 @@ async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -
             raise ClientDisconnected from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def _disconnected(receive: Receive) -> None:

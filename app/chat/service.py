@@ -40,7 +40,7 @@ from app.resilience.clock import Clock, MonotonicClock
 from app.resilience.deadline import Deadline
 from app.resilience.errors import DeadlinePassed, ResilienceError
 from app.resilience.failures import UpstreamFailure
-from app.resilience.guard import ProviderGuard
+from app.resilience.guard import ProviderGuard, Slot
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class ChatService:
         """A whole answer; ``path`` relays another OpenAI endpoint (``embeddings``,
         ``completions``) through the same guard, fallbacks and deadline."""
 
-        async def attempt(target: Target, stack: AsyncExitStack, run: _Run) -> Answer:
+        async def attempt(target: Target, slot: Slot, run: _Run) -> Answer:
             provider = self.providers[target.provider]
 
             def op(d: Deadline) -> Awaitable[Completion]:
@@ -214,12 +214,13 @@ class ChatService:
                 raise
             return stream, first, events
 
-        async def attempt(target: Target, stack: AsyncExitStack, run: _Run) -> Answer:
+        async def attempt(target: Target, slot: Slot, run: _Run) -> Answer:
             (stream, first, rest), _ = await self.guards[target.provider].run(
                 lambda d: open_and_peek(target, d, run), deadline, fallback=run.fallback
             )
             # Hand the slot and the socket to the stream: released when the client is done.
-            owned = stack.pop_all()
+            owned = AsyncExitStack()
+            owned.push_async_callback(slot.hand_off())
             owned.push_async_callback(stream.aclose)
             return Answer(target, 0, stream=OpenedStream(first, rest, owned))
 
@@ -249,7 +250,7 @@ class ChatService:
         self,
         targets: list[Target],
         deadline: Deadline,
-        attempt: Callable[[Target, AsyncExitStack, _Run], Awaitable[Answer]],
+        attempt: Callable[[Target, Slot, _Run], Awaitable[Answer]],
     ) -> Answer:
         errors: list[KeelError] = []
         runs: list[_Run] = []
@@ -309,7 +310,7 @@ class ChatService:
         self,
         target: Target,
         deadline: Deadline,
-        attempt: Callable[[Target, AsyncExitStack, _Run], Awaitable[Answer]],
+        attempt: Callable[[Target, Slot, _Run], Awaitable[Answer]],
         run: _Run,
     ) -> Answer | KeelError:
         """One target's answer, or the error to fall back from when the fault is the target's
@@ -318,9 +319,8 @@ class ChatService:
         mistake (the upstream's 4xx about the request) and the deadline."""
         guard = self.guards[target.provider]
         try:
-            async with AsyncExitStack() as stack:
-                await stack.enter_async_context(guard.slot(deadline))
-                return await attempt(target, stack, run)
+            async with guard.slot(deadline) as slot:
+                return await attempt(target, slot, run)
         except UpstreamFailure as exc:
             mapped = upstream_error(exc, deadline, target.id)
             error: KeelError = mapped

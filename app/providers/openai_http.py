@@ -74,13 +74,13 @@ class OpenAIHTTPProvider:
         self._wire: Wire
         if transport is None and settings.http_transport == "aiohttp":
             self._wire = AiohttpWire(
-                settings.base_url, headers, max_connections=settings.max_concurrency
+                settings.base_url, headers, max_connections=settings.max_concurrency + 1
             )
         else:
             self._wire = HttpxWire(
                 settings.base_url,
                 headers,
-                max_connections=settings.max_concurrency,
+                max_connections=settings.max_concurrency + 1,
                 transport=transport,
             )
 
@@ -153,13 +153,16 @@ class OpenAIHTTPProvider:
             raise UpstreamFailure(status_code=resp.status)
 
     def _timeouts(self, deadline: Deadline) -> Timeouts:
-        """Each phase keeps its own cap, and none outlives the request's deadline."""
+        """Connecting keeps its own cap (a refused or silent host fails fast, as ``connect``),
+        reading its own only when ``timeout_s`` asks for one; the deadline bounds the rest.
+        The pool never waits for long: Keel's limiter admits at most ``max_concurrency``
+        calls, and the pool holds one connection more (for a probe)."""
         left = max(deadline.remaining(), 0.001)
         s = self.settings
         return Timeouts(
             connect=min(s.connect_timeout_s, left),
-            read=min(s.timeout_s or left, left),
-            pool=min(s.max_queue_wait_s + s.connect_timeout_s, left),
+            read=min(s.timeout_s, left) if s.timeout_s else None,
+            pool=None,
         )
 
     def _status_failure(self, resp: WireResponse, content: bytes) -> UpstreamFailure:

@@ -27,11 +27,14 @@ class WireError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Per phase, in seconds; each already capped by the request's deadline."""
+    """Per phase, in seconds, each already capped by the request's deadline. ``None``: no
+    limit of the phase's own, because every call runs inside ``Deadline.bound()`` (the retry
+    loop's, the prober's), which cancels it when the deadline passes; a wire then arms no timer
+    of its own for that phase."""
 
     connect: float  # a new TCP (and TLS) connection
-    read: float  # between two reads of the answer
-    pool: float  # waiting for a free connection, then connecting
+    read: float | None  # between two reads of the answer (the provider's ``timeout_s``)
+    pool: float | None  # waiting for a free connection, then connecting
 
 
 class WireResponse(Protocol):

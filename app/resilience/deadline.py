@@ -13,9 +13,11 @@ unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import TypeVar
 
 from app.resilience.clock import Clock, MonotonicClock
@@ -62,19 +64,9 @@ class Deadline:
             return self
         return Deadline(min(self._at, self._clock.now() + max(0.0, cap_s)), self._clock)
 
-    @asynccontextmanager
-    async def bound(self) -> AsyncIterator[Deadline]:
+    def bound(self) -> _Bound:
         """Run the block until it finishes or the deadline passes (then ``DeadlinePassed``)."""
-        if self.expired:
-            raise DeadlinePassed(DEADLINE_DETAIL)
-        timeout_cm = self._clock.timeout_at(self._at)
-        try:
-            async with timeout_cm as timeout:
-                yield self
-        except TimeoutError:
-            if timeout.expired():
-                raise DeadlinePassed(DEADLINE_DETAIL) from None
-            raise
+        return _Bound(self)
 
     async def run(self, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` within the deadline; an unstarted coroutine is closed if late."""
@@ -87,3 +79,39 @@ class Deadline:
 
     def __repr__(self) -> str:
         return f"Deadline(remaining={self.remaining():.3f}s)"
+
+
+class _Bound:
+    """``Deadline.bound()``: a class rather than a generator-based context manager, because
+    every attempt enters one (the generator's machinery cost more than the timer)."""
+
+    __slots__ = ("_cm", "_deadline", "_timeout")
+    _cm: AbstractAsyncContextManager[asyncio.Timeout]
+    _timeout: asyncio.Timeout
+
+    def __init__(self, deadline: Deadline) -> None:
+        self._deadline = deadline
+
+    async def __aenter__(self) -> Deadline:
+        d = self._deadline
+        if d.expired:
+            raise DeadlinePassed(DEADLINE_DETAIL)
+        self._cm = d.clock.timeout_at(d.at)
+        self._timeout = await self._cm.__aenter__()
+        return d
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._cm.__aexit__(exc_type, exc, tb)
+        except TimeoutError:
+            if self._timeout.expired():
+                raise DeadlinePassed(DEADLINE_DETAIL) from None
+            raise
+        # The block's own TimeoutError passes through, unless the deadline had passed too.
+        if isinstance(exc, TimeoutError) and self._timeout.expired():
+            raise DeadlinePassed(DEADLINE_DETAIL) from None

@@ -41,8 +41,7 @@ import asyncio
 import dataclasses
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from app.resilience.breaker import CircuitBreaker, Permit
@@ -167,19 +166,10 @@ class ProviderGuard:
         async with self.slot(deadline):
             return await self.run(op, deadline, fallback=fallback)
 
-    @asynccontextmanager
-    async def slot(self, deadline: Deadline) -> AsyncIterator[None]:
+    def slot(self, deadline: Deadline) -> Slot:
         """A concurrency slot on its own, for callers that hold it beyond ``run`` (a stream
         keeps its slot until the last event is relayed)."""
-        try:
-            await self.limiter.acquire(deadline)
-        except QueueFull:
-            self._observer.rejected(self.provider, "overloaded")
-            raise
-        try:
-            yield
-        finally:
-            self.limiter.release()
+        return Slot(self, deadline)
 
     async def run(
         self, op: Callable[[Deadline], Awaitable[T]], deadline: Deadline, *, fallback: bool = False
@@ -196,7 +186,7 @@ class ProviderGuard:
                 return c
 
         return await self.retrier.run(
-            lambda d: self._attempt(op, d, state), deadline, classifier=classifier
+            lambda d: self._attempt(op, d, state), deadline, classifier=classifier, bounded=False
         )
 
     def latency_quantile(self, q: float) -> float | None:
@@ -235,6 +225,8 @@ class ProviderGuard:
         started = self.clock.now()
         attempt = deadline.derive(self.config.attempt_timeout_s)
         try:
+            # One timer per attempt: the attempt's own limit when it comes first (the request's
+            # deadline cannot pass before it), else the request's deadline.
             if attempt.at < deadline.at:
                 async with self.clock.timeout_at(attempt.at):
                     try:
@@ -242,7 +234,8 @@ class ProviderGuard:
                     except DeadlinePassed:  # the op bounded itself by the attempt's deadline
                         raise UpstreamFailure("timeout", message="attempt timed out") from None
             else:
-                result = await op(deadline)
+                async with deadline.bound():
+                    result = await op(deadline)
         except TimeoutError as exc:
             c = self._classify(exc)
             self._settle(permit, started, c.reason, state, failed=c.counts_as_failure)
@@ -303,3 +296,39 @@ class ProviderGuard:
             "throttle": self.throttle.snapshot(),
             "probes": self.prober.probes if self.prober is not None else None,
         }
+
+
+class Slot:
+    """``ProviderGuard.slot()``: a class, not a generator context manager, because every
+    request enters one. ``hand_off()`` lets the slot outlive the ``async with`` (a stream
+    keeps it until its last event)."""
+
+    __slots__ = ("_deadline", "_guard", "handed_off")
+
+    def __init__(self, guard: ProviderGuard, deadline: Deadline) -> None:
+        self._guard = guard
+        self._deadline = deadline
+        self.handed_off = False
+
+    async def __aenter__(self) -> Slot:
+        guard = self._guard
+        try:
+            await guard.limiter.acquire(self._deadline)
+        except QueueFull:
+            guard._observer.rejected(guard.provider, "overloaded")
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self.handed_off:
+            self._guard.limiter.release()
+
+    def hand_off(self) -> Callable[[], Awaitable[None]]:
+        """The slot is no longer released on exit; the returned call releases it."""
+        self.handed_off = True
+        limiter = self._guard.limiter
+
+        async def release() -> None:
+            limiter.release()
+
+        return release

@@ -108,11 +108,13 @@ class Retrier:
         deadline: Deadline,
         *,
         classifier: Callable[[BaseException], Classification] | None = None,
+        bounded: bool = True,
     ) -> tuple[T, int]:
         """``(result, attempts made)``; raises the last error when retries end.
 
         ``classifier`` replaces the retrier's own for this run (a caller with a fallback
-        target may decline retries the fallback serves better)."""
+        target may decline retries the fallback serves better). ``bounded=False``: ``op``
+        bounds itself by ``deadline`` (the guard's attempt does, with the one timer it arms)."""
         p = self.policy
         classify_ = classifier or self._classify
         if deadline.remaining() < p.min_attempt_s:
@@ -123,7 +125,10 @@ class Retrier:
         while True:
             attempt += 1
             try:
-                async with deadline.bound():
+                if bounded:
+                    async with deadline.bound():
+                        result = await op(deadline)
+                else:
                     result = await op(deadline)
             except asyncio.CancelledError:
                 self._observer.on_attempt(attempt, "cancelled")

@@ -77,4 +77,5 @@ if __name__ == "__main__":
         http="httptools",
         log_level="warning",
         access_log=False,
+        proxy_headers=False,  # as keel serve
     )

@@ -9,6 +9,7 @@ earlier ones yield, and closes them in reverse on shutdown; the result is one ty
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import sys
@@ -22,7 +23,7 @@ from fastapi import FastAPI
 from app.api import chat, conversations, diagnostics, health, readiness, relay, ui
 from app.api import lifecycle as lifecycle_api
 from app.api import runtime as runtime_api
-from app.api.direct import DirectRoutes
+from app.api.direct import DirectRoutes, KeelAPI
 from app.api.edge import EdgePolicy
 from app.api.middleware import KeelMiddleware
 from app.api.openapi import install_openapi
@@ -120,7 +121,7 @@ def create_app(
             yield lifespan_state(state)
             log.info("keel shutting down")
 
-    app = FastAPI(
+    app = KeelAPI(
         title="Keel",
         version="0.1.0",
         lifespan=lifespan,
@@ -130,14 +131,14 @@ def create_app(
     )
     install_error_handlers(app)
     install_openapi(app, settings.store)  # lazy: documents the routes included below too
-    direct = DirectRoutes()
+    edge = EdgePolicy(settings.effective_allowed_hosts, settings.cors_origins)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
     app.add_middleware(
         KeelMiddleware,
         metrics=metrics,
-        api_token=settings.api_token.get_secret_value() if settings.api_token else None,
+        api_token=token,
         max_body_bytes=settings.max_body_bytes,
-        edge=EdgePolicy(settings.effective_allowed_hosts, settings.cors_origins),
-        direct=direct if settings.direct_routes else None,
+        edge=edge,
     )
     app.include_router(chat.router)
     app.include_router(relay.router)
@@ -148,9 +149,21 @@ def create_app(
     app.include_router(runtime_api.router)
     app.include_router(readiness.router)
     app.include_router(ui.router)
-    direct.adopt(
-        [chat.router, relay.router], [chat.chat_completions, relay.embeddings, relay.completions]
-    )
+    if settings.direct_routes:
+        direct = DirectRoutes()
+        direct.adopt(
+            [chat.router, relay.router],
+            [chat.chat_completions, relay.embeddings, relay.completions],
+        )
+        entry = KeelMiddleware(
+            functools.partial(FastAPI.__call__, app),  # never reached: every path matches
+            metrics=metrics,
+            api_token=token,
+            max_body_bytes=settings.max_body_bytes,
+            edge=edge,
+            direct=direct,
+        )
+        app.serve_directly(direct, entry)
     return app
 
 

@@ -1,11 +1,15 @@
-"""The proxy's hot routes, called straight from ``KeelMiddleware`` past FastAPI's router.
+"""The proxy's hot routes, entered before FastAPI's layers and called straight from
+``KeelMiddleware``, past FastAPI's router.
 
-Between the middleware and a chat endpoint FastAPI runs its exception middleware, an exit
-stack, two routers, the route's request handler and the dependency solver: together about a
-sixth of Keel's own CPU per completion under load (docs/benchmarks.md). The hot endpoints
-already take only the ``Request`` and validate their own body, so none of that does work for
-them. The routes stay registered with FastAPI: the API document is built from them, and with
-``direct_routes = false`` they are served the ordinary way (a conformance test compares both).
+Around a chat endpoint FastAPI runs its app entry, its server-error and telemetry middleware
+(outside Keel's), then its exception middleware, an exit stack, two routers, the route's
+request handler and the dependency solver: together about a fifth of Keel's own CPU per
+completion under load (docs/benchmarks.md). The hot endpoints already take only the
+``Request`` and validate their own body, so none of that does work for them. ``KeelAPI``
+hands these routes to a ``KeelMiddleware`` of their own; every other request takes FastAPI's
+path, where the same middleware sits inside FastAPI's. The routes stay registered with
+FastAPI: the API document is built from them, and with ``direct_routes = false`` they are
+served the ordinary way (a conformance test compares both).
 
 What the skipped layers would have done is done here: the matched route goes into the scope
 (the metrics label and the log read it), and the catalogue's errors and validation errors
@@ -17,11 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.problems import handled_error_response
 from app.errors import KeelError
@@ -72,3 +77,25 @@ class DirectRoutes:
         except (KeelError, RequestValidationError) as exc:
             response = handled_error_response(request, exc)
         await response(scope, receive, send)
+
+
+class KeelAPI(FastAPI):
+    """FastAPI, except that the direct routes enter ``entry`` (a ``KeelMiddleware`` serving
+    them) at once."""
+
+    _direct: tuple[DirectRoutes, ASGIApp] | None = None
+
+    def serve_directly(self, routes: DirectRoutes, entry: ASGIApp) -> None:
+        self._direct = (routes, entry)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        direct = self._direct
+        if (
+            direct is not None
+            and scope["type"] == "http"
+            and direct[0].match(scope["method"], scope["path"]) is not None
+        ):
+            scope["app"] = self  # what Starlette's entry sets
+            await direct[1](scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

@@ -13,7 +13,7 @@ retry or fall back, after it nothing is.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -117,10 +117,14 @@ class ChatService:
         assert self.records is not None
         await self.records.check_conversation(conversation_id)
 
-    async def answer(self, call: ChatCall, receive: Receive) -> Reply:
-        """The whole turn (``app/chat/turn.py``): deadline, idempotency, answer, record."""
+    def answer(self, call: ChatCall, receive: Receive) -> Coroutine[Any, Any, Reply]:
+        """The whole turn (``app/chat/turn.py``): deadline, idempotency, answer, record.
+
+        Here and below, a layer that only passes a call on returns the callee's coroutine
+        instead of awaiting it: every await level is paid again each time the request
+        suspends and resumes."""
         assert self.records is not None, "built without records (unit tests call complete())"
-        return await answer(self, self.records, call, receive)
+        return answer(self, self.records, call, receive)
 
     def deadline_for(self, targets: list[Target], requested_s: float | None) -> Deadline:
         """The route's default (its first target's ``timeout_s``, else the global default),
@@ -144,13 +148,13 @@ class ChatService:
             )
         return able
 
-    async def complete(
+    def complete(
         self,
         body: dict[str, Any],
         targets: list[Target],
         deadline: Deadline,
         path: str | None = None,
-    ) -> Answer:
+    ) -> Coroutine[Any, Any, Answer]:
         """A whole answer; ``path`` relays another OpenAI endpoint (``embeddings``,
         ``completions``) through the same guard, fallbacks and deadline."""
 
@@ -168,7 +172,7 @@ class ChatService:
             )
             return Answer(target, 0, completion=completion)
 
-        return await self._first_answer(targets, deadline, attempt)
+        return self._first_answer(targets, deadline, attempt)
 
     async def open_stream(
         self,
@@ -261,7 +265,10 @@ class ChatService:
             return lambda: self._try_target(targets[index], deadline, attempt, run)
 
         def cost() -> int:
-            return sum(r.attempts for r in runs)
+            total = 0
+            for r in runs:
+                total += r.attempts
+            return total
 
         index = 0
         try:

@@ -41,7 +41,7 @@ import asyncio
 import dataclasses
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from app.resilience.breaker import CircuitBreaker, Permit
@@ -171,9 +171,9 @@ class ProviderGuard:
         keeps its slot until the last event is relayed)."""
         return Slot(self, deadline)
 
-    async def run(
+    def run(
         self, op: Callable[[Deadline], Awaitable[T]], deadline: Deadline, *, fallback: bool = False
-    ) -> tuple[T, int]:
+    ) -> Coroutine[Any, Any, tuple[T, int]]:
         """The attempts alone (throttle + breaker + retry + budget); the caller holds a slot."""
         state = _Call(fallback)
         classifier = self._classify
@@ -185,7 +185,7 @@ class ProviderGuard:
                     return dataclasses.replace(c, retryable=False)
                 return c
 
-        return await self.retrier.run(
+        return self.retrier.run(
             lambda d: self._attempt(op, d, state), deadline, classifier=classifier, bounded=False
         )
 

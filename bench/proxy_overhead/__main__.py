@@ -91,6 +91,12 @@ def wrk(url: str, conc: int, seconds: float) -> dict[str, float]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux: /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def python_tool(module: str) -> Load:
     def run(url: str, conc: int, seconds: float) -> dict[str, float]:
         args = [sys.executable, "-m", module, url, str(conc), str(seconds)]
@@ -175,6 +181,7 @@ def main() -> None:
             "bare": start_bare(up_port, procs),
             "keel": start_keel(up_port, procs),
         }
+        pids = {"direct": procs[0].pid, "bare": procs[1].pid, "keel": procs[2].pid}
         for url in urls.values():  # warm-up: connections, caches, first-call imports
             load(url, 8, 1)
         for round_ in range(args.rounds):
@@ -183,9 +190,13 @@ def main() -> None:
             names = list(urls) if round_ % 2 == 0 else list(reversed(urls))
             for conc in (1, 32):
                 for name in names:
-                    results.setdefault((name, f"c{conc}"), []).append(
-                        load(urls[name], conc, args.seconds)
-                    )
+                    before = cpu_seconds(pids[name])
+                    got = load(urls[name], conc, args.seconds)
+                    spent = cpu_seconds(pids[name]) - before
+                    # The server's own CPU per answer: what throughput would be if it had a
+                    # core to itself, steadier than req/s when wrk and the upstream compete.
+                    got["cpu_us"] = spent / max(got["rps"] * args.seconds, 1) * 1e6
+                    results.setdefault((name, f"c{conc}"), []).append(got)
             for case, conc in (("s8", 8), ("s1", 1)):
                 for name in names:
                     if name != "direct":
@@ -204,14 +215,17 @@ def report(results: dict[tuple[str, str], list[dict[str, float]]]) -> None:
     def med(name: str, case: str, key: str) -> float:
         return statistics.median(r[key] for r in results[(name, case)])
 
-    print(f"\n{'server':<8}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(
+        f"\n{'server':<8}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'cpu us/answer':>15}"
+    )
     for name in ("direct", "bare", "keel"):
         for conc in (1, 32):
             case = f"c{conc}"
             print(
                 f"{name:<8}{conc:>5}{med(name, case, 'rps'):>10.0f}"
                 f"{med(name, case, 'p50_ms'):>9.2f}{med(name, case, 'p99_ms'):>9.2f}"
-                f"{med(name, case, 'errors'):>8.0f}"
+                f"{med(name, case, 'errors'):>8.0f}{med(name, case, 'cpu_us'):>15.0f}"
             )
     print(f"\n{'server':<8}{'chunks/s (c=8)':>16}{'TTFB p50 ms (c=1)':>20}")
     for name in ("bare", "keel"):
@@ -227,6 +241,7 @@ def report(results: dict[tuple[str, str], list[dict[str, float]]]) -> None:
         return statistics.median(combine(k[key], b[key]) for k, b in pairs)
 
     ratio = paired("c32", "rps", lambda k, b: k / b)
+    cpu_ratio = paired("c32", "cpu_us", lambda k, b: b / k)
     stream_ratio = paired("s8", "chunks_per_s", lambda k, b: k / b)
     added_bare = paired("c1", "p50_ms", lambda k, b: k - b)
     ttfb_added = paired("s1", "ttfb_p50_ms", lambda k, b: k - b)
@@ -234,6 +249,7 @@ def report(results: dict[tuple[str, str], list[dict[str, float]]]) -> None:
     added_direct = statistics.median(k["p50_ms"] - d["p50_ms"] for k, d in direct_pairs)
     print("\nheadline, medians of per-round pairs (target):")
     print(f"  keel/bare req/s at c=32      {ratio:6.2f}   (>= 0.45)")
+    print(f"  bare/keel CPU per answer     {cpu_ratio:6.2f}   (the same ratio, per core)")
     print(f"  keel added p50 at c=1        {added_direct:6.2f} ms vs upstream directly (<= 0.5)")
     print(f"                               {added_bare:6.2f} ms vs bare pass-through")
     print(f"  keel/bare chunks/s (stream)  {stream_ratio:6.2f}   (>= 0.5)")

@@ -96,7 +96,8 @@ class ProviderSettings(_Section):
     attempt_timeout_s: float | None = Field(None, gt=0, le=3600)
     stream_idle_s: float | None = Field(None, gt=0, le=3600)
     probe_interval_s: float | None = Field(None, ge=0, le=600)
-    # httpx's own pool, or aiohttp underneath httpx (httpx-aiohttp); docs/benchmarks.md has
+    # The client under the provider: aiohttp straight (app/providers/wire_aiohttp.py), or
+    # httpx with its own pool (wire_httpx.py); docs/benchmarks.md has
     # the measurements behind the default.
     http_transport: Literal["httpx", "aiohttp"] = "aiohttp"
     retry: dict[str, Any] = Field(default_factory=dict)

@@ -5,6 +5,10 @@ CORS, JSON bodies), enforces the bearer token on ``/v1/*`` and the body size lim
 turns unknown exceptions into a 500 problem (while nothing has been sent yet), records the HTTP
 metrics under the route template, and writes one log line per request. A pure ASGI class
 rather than ``BaseHTTPMiddleware`` so streaming responses pass through untouched.
+
+Given ``direct`` routes (``app/api/direct.py``), it serves those itself instead of passing them
+to the app: ``KeelAPI`` enters such an instance before FastAPI's own layers for the proxy's hot
+endpoints, while every other request meets this middleware inside FastAPI.
 """
 
 from __future__ import annotations

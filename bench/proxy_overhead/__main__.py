@@ -5,9 +5,11 @@
 Three servers share one static upstream (its own process, raw asyncio): the upstream directly,
 ``bench.proxy_overhead.bare`` (pure ASGI + aiohttp + uvloop under the same uvicorn, no
 features) and Keel (``keel serve``, one worker, a route to the upstream). Each round measures
-every server in turn, so drift on a shared machine hits all of them alike; the figures are the
-medians over rounds. Absolute numbers do not survive a change of machine; the ratios
-``keel / bare`` are the headline (docs/benchmarks.md).
+every case on bare and Keel in the order bare, Keel, Keel, bare (half the time each), so drift
+on a shared machine weighs on both alike; the headline figures are medians over rounds of the
+keel/bare pair of each round. Absolute numbers do not survive a change of machine; the ratios
+are the headline (docs/benchmarks.md). Beside req/s, each server's own CPU time per answer
+(from /proc) is shown: the same ratio, less disturbed by wrk and the upstream sharing cores.
 
 Cases: non-streaming chat at concurrency 1 and 32 (wrk when installed, else the Python load
 generator), and streaming chat (200 chunks per answer) at concurrency 8 for chunks per second
@@ -184,25 +186,41 @@ def main() -> None:
         pids = {"direct": procs[0].pid, "bare": procs[1].pid, "keel": procs[2].pid}
         for url in urls.values():  # warm-up: connections, caches, first-call imports
             load(url, 8, 1)
-        for round_ in range(args.rounds):
-            # Each case runs on every server back to back, the order flipping between rounds,
-            # so the halves of a keel/bare pair are seconds apart and neither always goes first.
-            names = list(urls) if round_ % 2 == 0 else list(reversed(urls))
+
+        def measure(name: str, conc: int, seconds: float) -> dict[str, float]:
+            before = cpu_seconds(pids[name])
+            got = load(urls[name], conc, seconds)
+            spent = cpu_seconds(pids[name]) - before
+            # The server's own CPU per answer: what throughput would be with a core to
+            # itself, steadier than req/s when wrk and the upstream compete for the cores.
+            got["cpu_us"] = spent / max(got["rps"] * seconds, 1) * 1e6
+            return got
+
+        half = max(1.0, args.seconds / 2)
+        for _ in range(args.rounds):
             for conc in (1, 32):
-                for name in names:
-                    before = cpu_seconds(pids[name])
-                    got = load(urls[name], conc, args.seconds)
-                    spent = cpu_seconds(pids[name]) - before
-                    # The server's own CPU per answer: what throughput would be if it had a
-                    # core to itself, steadier than req/s when wrk and the upstream compete.
-                    got["cpu_us"] = spent / max(got["rps"] * args.seconds, 1) * 1e6
-                    results.setdefault((name, f"c{conc}"), []).append(got)
+                results.setdefault(("direct", f"c{conc}"), []).append(
+                    measure("direct", conc, args.seconds)
+                )
+                # bare, keel, keel, bare: a machine that speeds up or slows down during the
+                # round (a shared host does, over seconds) weighs on both alike.
+                slices: dict[str, list[dict[str, float]]] = {"bare": [], "keel": []}
+                for name in ("bare", "keel", "keel", "bare"):
+                    slices[name].append(measure(name, conc, half))
+                for name, pair in slices.items():
+                    results.setdefault((name, f"c{conc}"), []).append(
+                        {key: statistics.mean(r[key] for r in pair) for key in pair[0]}
+                    )
             for case, conc in (("s8", 8), ("s1", 1)):
-                for name in names:
-                    if name != "direct":
-                        results.setdefault((name, case), []).append(
-                            stream(urls[name], conc, args.seconds)
-                        )
+                for name in ("bare", "keel", "keel", "bare"):
+                    results.setdefault((name, case + "_slices"), []).append(
+                        stream(urls[name], conc, half)
+                    )
+                for name in ("bare", "keel"):
+                    sliced = results.pop((name, case + "_slices"))
+                    results.setdefault((name, case), []).append(
+                        {key: statistics.mean(r[key] for r in sliced) for key in sliced[0]}
+                    )
     finally:
         for p in procs:
             p.terminate()
@@ -247,6 +265,9 @@ def report(results: dict[tuple[str, str], list[dict[str, float]]]) -> None:
     ttfb_added = paired("s1", "ttfb_p50_ms", lambda k, b: k - b)
     direct_pairs = zip(results[("keel", "c1")], results[("direct", "c1")], strict=True)
     added_direct = statistics.median(k["p50_ms"] - d["p50_ms"] for k, d in direct_pairs)
+    print("\nper round at c=32, keel/bare: req/s ratio, CPU-per-answer ratio (bare/keel)")
+    for k, b in zip(results[("keel", "c32")], results[("bare", "c32")], strict=True):
+        print(f"  {k['rps'] / b['rps']:5.2f} {b['cpu_us'] / k['cpu_us']:5.2f}")
     print("\nheadline, medians of per-round pairs (target):")
     print(f"  keel/bare req/s at c=32      {ratio:6.2f}   (>= 0.45)")
     print(f"  bare/keel CPU per answer     {cpu_ratio:6.2f}   (the same ratio, per core)")

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.types import Scope
 
 from app.settings import Settings
 from tests.fakes.servers import ServerThread
@@ -93,3 +96,28 @@ def test_direct_and_router_answer_alike(
     statuses = [r["status"] for r in direct[:-1]]
     assert statuses == [200, 200, 422, 422, 404, 422, 415, 200, 200, 422, 413, 405, 200, 200, 422]
     assert any('route="/v1/chat/completions"' in line for line in direct[-1]["metrics"])
+
+
+def test_direct_routes_skip_fastapi_layers(
+    chat_settings: Callable[..., Settings],
+    serve: Callable[..., ServerThread],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    entered: list[str] = []
+    original = ServerErrorMiddleware.__call__
+
+    async def counting(self: ServerErrorMiddleware, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            entered.append(scope["path"])
+        await original(self, scope, receive, send)
+
+    monkeypatch.setattr(ServerErrorMiddleware, "__call__", counting)
+    body = json.dumps(chat_body()).encode()
+    for direct in (True, False):
+        server = serve(chat_settings(data_dir=tmp_path / str(direct), direct_routes=direct))
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.post("/v1/chat/completions", content=body, headers=JSON).is_success
+            assert client.get("/v1/models").is_success
+    # Directly served: only the models listing entered FastAPI's stack; routed: both did.
+    assert entered == ["/v1/models", "/v1/chat/completions", "/v1/models"]

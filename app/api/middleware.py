@@ -106,7 +106,7 @@ class KeelMiddleware:
                     return
             await send(message)
 
-        self.metrics.http_in_flight.inc()
+        self.metrics.serving += 1
         try:
             verdict = self._admit(method, path, headers, repeated)
             if isinstance(verdict, Preflight):
@@ -152,7 +152,7 @@ class KeelMiddleware:
                     log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
                 await problem_response(err, request_id)(scope, receive, send_wrapper)
         finally:
-            self.metrics.http_in_flight.dec()
+            self.metrics.serving -= 1
             elapsed = time.perf_counter() - started
             self._observe(scope, method, path, status, elapsed, request_id)
             request_id_var.reset(serving)

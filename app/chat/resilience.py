@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from app.errors import (
     CircuitOpen,
@@ -201,11 +202,11 @@ class ChatObserver:
         if self._metrics is not None:
             self._metrics.rejections.labels(provider=provider, code=code).inc()
 
-    def occupancy(self, provider: str, in_use: int, queued: int) -> None:
+    def watch_occupancy(self, provider: str, read: Callable[[], tuple[int, int]]) -> None:
         if self._metrics is not None:
             m = self._metrics
-            m.child(m.limiter_in_use, provider).set(in_use)
-            m.child(m.limiter_queued, provider).set(queued)
+            m.child(m.limiter_in_use, provider).set_function(lambda: read()[0])
+            m.child(m.limiter_queued, provider).set_function(lambda: read()[1])
 
     def throttled(self, provider: str, seconds: float) -> None:
         if self._metrics is not None:

@@ -44,6 +44,10 @@ class Metrics:
         self.http_in_flight = Gauge(
             "keel_http_requests_in_flight", "HTTP requests being served", registry=r
         )
+        # Counted by the middleware as a plain int and read at scrape time: a gauge update
+        # takes a lock, twice per request.
+        self.serving = 0
+        self.http_in_flight.set_function(lambda: self.serving)
 
         # Resilience
         self.breaker_state = Gauge(

@@ -71,6 +71,8 @@ class OpenAIHTTPProvider:
                 settings.api_key_env,
                 extra={"provider": name, "env": settings.api_key_env},
             )
+        self._full_timeouts = Timeouts(settings.connect_timeout_s, settings.timeout_s, None)
+        self._full_timeouts_after = max(settings.connect_timeout_s, settings.timeout_s or 0.0)
         self._wire: Wire
         if transport is None and settings.http_transport == "aiohttp":
             self._wire = AiohttpWire(
@@ -162,6 +164,8 @@ class OpenAIHTTPProvider:
         calls, and the pool holds one connection more (for a probe)."""
         left = max(deadline.remaining(), 0.001)
         s = self.settings
+        if left >= self._full_timeouts_after:
+            return self._full_timeouts  # the usual case: one object, and the wire reuses its own
         return Timeouts(
             connect=min(s.connect_timeout_s, left),
             read=min(s.timeout_s, left) if s.timeout_s else None,

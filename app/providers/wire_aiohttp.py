@@ -28,6 +28,8 @@ class AiohttpWire:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
+        self._timeouts: Timeouts | None = None
+        self._timeout = aiohttp.ClientTimeout(total=None)
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -60,6 +62,15 @@ class AiohttpWire:
         timeouts: Timeouts,
     ) -> AiohttpResponse:
         session = self._session or self._open()
+        timeout = self._timeout
+        if timeouts is not self._timeouts:  # the provider passes one object while time allows
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                connect=timeouts.pool,
+                sock_connect=timeouts.connect,
+                sock_read=timeouts.read,
+            )
+            self._timeouts, self._timeout = timeouts, timeout
         try:
             resp = await session.request(
                 method,
@@ -67,12 +78,7 @@ class AiohttpWire:
                 data=payload,
                 headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeouts.pool,
-                    sock_connect=timeouts.connect,
-                    sock_read=timeouts.read,
-                ),
+                timeout=timeout,
             )
         except _FAILURES as exc:
             raise WireError(_reason(exc)) from exc

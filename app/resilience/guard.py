@@ -121,7 +121,6 @@ class ProviderGuard:
             config.max_queue_wait_s,
             self.clock,
             name=provider,
-            on_change=self._on_occupancy,
         )
         self.throttle = Throttle(
             self.clock, max_pause_s=config.max_throttle_s, spread_cap_s=retry.max_delay_s, rng=rng
@@ -145,7 +144,8 @@ class ProviderGuard:
             )
             self.breaker.add_listener(self.prober.on_transition)
         self._latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
-        self._on_occupancy(0, 0)
+        limiter = self.limiter
+        self._observer.watch_occupancy(provider, lambda: (limiter.in_use, limiter.queued))
 
     async def aclose(self) -> None:
         """Stop the prober (the lifespan calls this at shutdown)."""
@@ -282,9 +282,6 @@ class ProviderGuard:
 
     def _count_attempt(self, outcome: str, duration: float) -> None:
         self._observer.attempt(self.provider, outcome, duration)
-
-    def _on_occupancy(self, in_use: int, queued: int) -> None:
-        self._observer.occupancy(self.provider, in_use, queued)
 
     def diagnostics(self) -> dict[str, Any]:
         """JSON-able state for ``/v1/diagnostics``."""

@@ -8,6 +8,7 @@ entries. ``NullObserver`` is the default, so the kit works (and is tested) on it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -30,8 +31,10 @@ class GuardObserver(Protocol):
         """Keel refused a call without reaching the upstream: "circuit_open", "overloaded",
         "throttled"."""
 
-    def occupancy(self, provider: str, in_use: int, queued: int) -> None:
-        """The provider's concurrency slots changed."""
+    def watch_occupancy(self, provider: str, read: Callable[[], tuple[int, int]]) -> None:
+        """``read()`` gives the provider's slots in use and queued callers, at any time. Read
+        when asked (a metrics scrape) rather than reported on every change: a slot is taken and
+        released on every request."""
 
     def throttled(self, provider: str, seconds: float) -> None:
         """The provider asked for a pause (429 ``Retry-After``); new work waits or falls back."""
@@ -63,7 +66,7 @@ class NullObserver:
     def rejected(self, provider: str, code: str) -> None:
         pass
 
-    def occupancy(self, provider: str, in_use: int, queued: int) -> None:
+    def watch_occupancy(self, provider: str, read: Callable[[], tuple[int, int]]) -> None:
         pass
 
     def throttled(self, provider: str, seconds: float) -> None:

@@ -121,3 +121,18 @@ def test_direct_routes_skip_fastapi_layers(
             assert client.get("/v1/models").is_success
     # Directly served: only the models listing entered FastAPI's stack; routed: both did.
     assert entered == ["/v1/models", "/v1/chat/completions", "/v1/models"]
+
+
+def test_gauges_read_at_scrape_time_tell_the_truth(
+    chat_settings: Callable[..., Settings], serve: Callable[..., ServerThread]
+) -> None:
+    """In-flight requests and limiter slots are read when scraped, not pushed per request."""
+    server = serve(chat_settings())
+    body = json.dumps(chat_body()).encode()
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in range(3):
+            assert client.post("/v1/chat/completions", content=body, headers=JSON).is_success
+        metrics = client.get("/metrics").text
+    assert "keel_http_requests_in_flight 1.0" in metrics  # the scrape itself
+    assert 'keel_limiter_in_use{provider="cloud"} 0.0' in metrics
+    assert 'keel_limiter_queued{provider="cloud"} 0.0' in metrics

@@ -5,7 +5,6 @@ the turn and the cancellation metrics."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -22,7 +21,7 @@ from app.chat.relay import EventStreamResponse
 from app.chat.schemas import MAX_CONTENT_CHARS, ChatRequest, content_chars
 from app.chat.turn import ChatCall, Reply
 from app.core import request_id as request_id_of
-from app.errors import KeelError, ModelNotFound, PayloadTooLarge, ValidationFailed
+from app.errors import ModelNotFound, PayloadTooLarge, ValidationFailed
 from app.providers.local import LocalProvider
 from app.runtime.slot import current_request_id
 from app.state import app_state
@@ -120,7 +119,8 @@ def render(reply: Reply, request_id: str) -> Response:
         stream = reply.stream
         handle = stream.handle
         return EventStreamResponse(
-            _error_events(stream.events, request_id),
+            stream.events,
+            error_event=lambda exc: error_event(exc, request_id),
             headers=stream.headers,
             on_disconnect=stream.on_disconnect,
             on_close=stream.on_close,
@@ -151,18 +151,6 @@ def _parse(raw: bytes) -> ChatRequest:
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors) from None
-
-
-async def _error_events(
-    events: AsyncGenerator[bytes, None], request_id: str
-) -> AsyncIterator[bytes]:
-    try:
-        async for event in events:
-            yield event
-    except KeelError as exc:
-        yield error_event(exc, request_id)
-    finally:
-        await events.aclose()
 
 
 @router.get("/v1/models")

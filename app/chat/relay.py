@@ -15,6 +15,8 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from app.errors import KeelError
+
 T = TypeVar("T")
 
 
@@ -96,9 +98,11 @@ class EventStreamResponse(Response):
         on_close: Callable[[], Awaitable[None]] | None = None,
         stop: StopHandle | None = None,
         stop_event: Callable[[], bytes] | None = None,
+        error_event: Callable[[KeelError], bytes] | None = None,
     ) -> None:
         super().__init__(status_code=200, media_type=self.media_type)
         self.events = events
+        self.error_event = error_event
         self.extra_headers = headers or {}
         self.on_disconnect = on_disconnect
         self.on_close = on_close
@@ -136,8 +140,21 @@ class EventStreamResponse(Response):
 
                 async def pump() -> None:
                     nonlocal ended
-                    async for event in self.events:
-                        await send({"type": "http.response.body", "body": event, "more_body": True})
+                    try:
+                        async for event in self.events:
+                            await send(
+                                {"type": "http.response.body", "body": event, "more_body": True}
+                            )
+                    except KeelError as exc:  # after the first event: the stream says why
+                        if self.error_event is None:
+                            raise
+                        await send(
+                            {
+                                "type": "http.response.body",
+                                "body": self.error_event(exc),
+                                "more_body": True,
+                            }
+                        )
                     ended = True
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     tg.cancel_scope.cancel()

@@ -76,16 +76,9 @@ class OpenedStream:
     """A stream whose first event is in hand; closing it releases the slot and the socket."""
 
     def __init__(self, first: bytes, rest: AsyncIterator[bytes], exit_stack: AsyncExitStack):
-        self.first = first
-        self._rest = rest
+        self.first = first  # relayed first; when it is ``[DONE]``, ``rest`` is not read
+        self.rest = rest
         self._exit = exit_stack
-
-    async def events(self) -> AsyncIterator[bytes]:
-        yield self.first
-        if self.first.startswith(b"data: [DONE]"):
-            return
-        async for event in self._rest:
-            yield event
 
     async def aclose(self) -> None:
         await self._exit.aclose()

@@ -12,7 +12,7 @@ SSE error event).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from app.store.idempotency import IdempotencyRequest, Lease, StoredResponse
 if TYPE_CHECKING:
     from starlette.types import Receive
 
-    from app.chat.service import Answer, ChatService
+    from app.chat.service import Answer, ChatService, OpenedStream
 
 log = logging.getLogger("keel.chat")
 
@@ -129,7 +129,7 @@ async def _answer(
 
             return Reply(
                 stream=StreamReply(
-                    _relay(opened.events(), records, call, held, headers, handle),
+                    _relay(opened, records, call, held, headers, handle),
                     headers,
                     on_disconnect=lambda: _count_disconnect(metrics),
                     on_close=close,
@@ -158,7 +158,7 @@ def _count_disconnect(metrics: Metrics) -> None:
 
 
 async def _relay(
-    events: AsyncIterator[bytes],
+    opened: OpenedStream,
     records: ChatRecords,
     call: ChatCall,
     lease: Lease,
@@ -166,7 +166,7 @@ async def _relay(
     handle: InFlight,
 ) -> AsyncGenerator[bytes, None]:
     """Relay whole events; a failure after the first byte is raised as a ``KeelError`` for
-    the router to send as an SSE ``error`` event.
+    the response to send as an SSE ``error`` event.
 
     With a conversation or an idempotency key the turn is recorded when the upstream's
     ``[DONE]`` arrives and before it is relayed, so a client that saw ``[DONE]`` can rely on
@@ -174,15 +174,25 @@ async def _relay(
     """
     recording = call.conversation_id is not None or lease.keyed
     transcript = StreamTranscript() if recording else None
+
+    async def note(event: bytes) -> None:
+        done = event.startswith(_DONE)
+        if done:
+            handle.settle()  # complete: too late to cancel (the turn may be recorded)
+        if transcript is not None:
+            transcript.add(event)
+            if done:
+                await _record_stream(records, call, lease, transcript, headers)
+
     try:
-        async for event in events:
-            if event.startswith(_DONE):
-                handle.settle()  # complete: too late to cancel (the turn may be recorded)
-            if transcript is not None:
-                transcript.add(event)
-                if event.startswith(_DONE):
-                    await _record_stream(records, call, lease, transcript, headers)
-            yield event
+        first = opened.first
+        await note(first)
+        yield first
+        if not first.startswith(_DONE):
+            async for event in opened.rest:
+                if transcript is not None or event.startswith(_DONE):  # plain chunks skip it
+                    await note(event)
+                yield event
     except UpstreamFailure as exc:
         log.warning(
             "stream failed after it started",

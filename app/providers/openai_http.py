@@ -198,36 +198,43 @@ class HTTPChatStream:
 
     async def events(self, idle_timeout_s: float) -> AsyncIterator[bytes]:
         buffer = b""
-        chunks = self._resp.chunks().__aiter__()
         saw_done = False
         relayed = False  # whether an event went out: an error after that is committed
-        while True:
-            try:
-                async with asyncio.timeout(idle_timeout_s):
-                    chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise UpstreamFailure("stream_idle", committed=True) from None
-            except WireError as exc:
-                raise UpstreamFailure("stream_drop", committed=True) from exc
-            buffer += chunk.replace(b"\r\n", b"\n")
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
-                if not event.strip():
-                    continue
-                if event.startswith(_DONE):
-                    saw_done = True
-                else:
-                    failure = stream_event_failure(event, committed=relayed)
-                    if failure is not None:
-                        log.warning(
-                            "upstream reported an error in its stream",
-                            extra={"provider": self._provider, "committed": relayed},
-                        )
-                        raise failure
-                relayed = True
-                yield event + b"\n\n"
+        idle = IdleWatch(idle_timeout_s)
+        try:
+            while True:
+                idle.begin()
+                try:
+                    chunk = await self._resp.next_chunk()
+                except asyncio.CancelledError:
+                    if idle.expired():
+                        raise UpstreamFailure("stream_idle", committed=True) from None
+                    raise
+                except WireError as exc:
+                    raise UpstreamFailure("stream_drop", committed=True) from exc
+                finally:
+                    idle.end()
+                if not chunk:
+                    break
+                buffer += chunk.replace(b"\r\n", b"\n")
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    if not event.strip():
+                        continue
+                    if event.startswith(_DONE):
+                        saw_done = True
+                    else:
+                        failure = stream_event_failure(event, committed=relayed)
+                        if failure is not None:
+                            log.warning(
+                                "upstream reported an error in its stream",
+                                extra={"provider": self._provider, "committed": relayed},
+                            )
+                            raise failure
+                    relayed = True
+                    yield event + b"\n\n"
+        finally:
+            idle.close()
         if not saw_done:
             raise UpstreamFailure("stream_truncated", committed=True)
 
@@ -257,3 +264,53 @@ def _encode(body: dict[str, Any]) -> bytes:
 def _transport_failure(reason: WireReason, provider: str) -> UpstreamFailure:
     log.info("upstream transport error", extra={"provider": provider, "reason": reason})
     return UpstreamFailure(reason)
+
+
+class IdleWatch:
+    """Cancels the task reading a stream when one wait for the upstream's next bytes lasts
+    ``idle_s``; ``expired()`` then tells that cancellation from any other.
+
+    One timer per idle period instead of an ``asyncio.timeout`` per chunk: a wait only notes
+    when it began, and the timer, when it fires, either cancels the waiting task or re-arms
+    for the current wait's own limit. Time spent away from the wait (the client being sent
+    the previous event) does not count.
+    """
+
+    __slots__ = ("_fired", "_handle", "_idle", "_loop", "_since", "_task")
+
+    def __init__(self, idle_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._idle = idle_s
+        self._since: float | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._fired = False
+        self._handle = self._loop.call_later(idle_s, self._check)
+
+    def begin(self) -> None:
+        self._since = self._loop.time()
+        self._task = asyncio.current_task()  # the reader may change (peek, then relay)
+
+    def end(self) -> None:
+        self._since = None
+
+    def expired(self) -> bool:
+        """The cancellation being handled is this watch's (consumed: asked once)."""
+        task = self._task
+        if not self._fired or task is None:
+            return False
+        self._fired = False
+        return task.uncancel() == 0  # else someone else cancelled as well: that one wins
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+    def _check(self) -> None:
+        since = self._since
+        now = self._loop.time()
+        if since is not None and now - since >= self._idle and self._task is not None:
+            self._fired = True
+            self._task.cancel()
+            return
+        self._handle = self._loop.call_at(
+            (since if since is not None else now) + self._idle, self._check
+        )

@@ -10,7 +10,6 @@ is the same whichever carries the bytes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -48,8 +47,10 @@ class WireResponse(Protocol):
         """The whole body; releases the connection. Raises ``WireError``."""
         ...
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive. Raises ``WireError`` on a broken read."""
+    async def next_chunk(self) -> bytes:
+        """The next body bytes as they arrive, ``b""`` at the end. Raises ``WireError`` on a
+        broken read. (A coroutine per chunk, not an async generator: one level less for
+        every chunk of a stream.)"""
         ...
 
     async def aclose(self) -> None: ...

@@ -8,7 +8,6 @@ The session is made on first use, inside the running loop, and keeps no cookies:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Literal
 
 import aiohttp
@@ -109,10 +108,9 @@ class AiohttpResponse:
         finally:
             self._resp.release()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def next_chunk(self) -> bytes:
         try:
-            async for chunk in self._resp.content.iter_any():
-                yield chunk
+            return await self._resp.content.readany()
         except _FAILURES as exc:
             raise WireError(_reason(exc)) from exc
 

@@ -70,11 +70,12 @@ class HttpxWire:
 
 
 class HttpxResponse:
-    __slots__ = ("_resp", "status")
+    __slots__ = ("_chunks", "_resp", "status")
 
     def __init__(self, resp: httpx.Response) -> None:
         self._resp = resp
         self.status = resp.status_code
+        self._chunks: AsyncIterator[bytes] | None = None
 
     def header(self, name: str) -> str | None:
         value: str | None = self._resp.headers.get(name)
@@ -88,10 +89,16 @@ class HttpxResponse:
         finally:
             await self._resp.aclose()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def next_chunk(self) -> bytes:
+        if self._chunks is None:
+            self._chunks = self._resp.aiter_raw().__aiter__()
         try:
-            async for chunk in self._resp.aiter_raw():
-                yield chunk
+            while True:
+                chunk = await anext(self._chunks)
+                if chunk:
+                    return chunk
+        except StopAsyncIteration:
+            return b""
         except httpx.HTTPError as exc:
             raise WireError(_reason(exc)) from exc
 

@@ -76,7 +76,7 @@ class OpenedStream:
     """A stream whose first event is in hand; closing it releases the slot and the socket."""
 
     def __init__(self, first: bytes, rest: AsyncIterator[bytes], exit_stack: AsyncExitStack):
-        self.first = first  # relayed first; when it is ``[DONE]``, ``rest`` is not read
+        self.first = first  # relayed first; when it ends the stream, ``rest`` is not read
         self.rest = rest
         self._exit = exit_stack
 

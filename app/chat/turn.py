@@ -22,6 +22,7 @@ from app.chat.relay import ClientDisconnected, until_disconnect
 from app.chat.targets import Target
 from app.errors import DeadlineExceeded, UpstreamError
 from app.observability.metrics import Metrics
+from app.providers.upstream_checks import ends_stream, split_events
 from app.resilience.failures import UpstreamFailure
 from app.store.conversation_models import NewMessage
 from app.store.idempotency import IdempotencyRequest, Lease, StoredResponse
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keel.chat")
 
-_DONE = b"data: [DONE]"
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 
 
@@ -175,24 +175,26 @@ async def _relay(
     recording = call.conversation_id is not None or lease.keyed
     transcript = StreamTranscript() if recording else None
 
-    async def note(event: bytes) -> None:
-        done = event.startswith(_DONE)
+    async def note(events: bytes, done: bool) -> None:
         if done:
             handle.settle()  # complete: too late to cancel (the turn may be recorded)
         if transcript is not None:
-            transcript.add(event)
+            for event in split_events(events):
+                transcript.add(event)
             if done:
                 await _record_stream(records, call, lease, transcript, headers)
 
     try:
         first = opened.first
-        await note(first)
+        done = ends_stream(first)
+        await note(first, done)
         yield first
-        if not first.startswith(_DONE):
-            async for event in opened.rest:
-                if transcript is not None or event.startswith(_DONE):  # plain chunks skip it
-                    await note(event)
-                yield event
+        if not done:
+            async for events in opened.rest:
+                done = ends_stream(events)
+                if transcript is not None or done:  # plain chunks skip it
+                    await note(events, done)
+                yield events
     except UpstreamFailure as exc:
         log.warning(
             "stream failed after it started",

@@ -24,7 +24,9 @@ class ChatStream(Protocol):
     """An opened stream: the upstream has answered 200 and no byte has reached the client."""
 
     def events(self, idle_timeout_s: float) -> AsyncIterator[bytes]:
-        """Complete SSE events (``data: ...\\n\\n``), ``data: [DONE]`` included.
+        """Complete SSE events (``data: ...\\n\\n``), ``data: [DONE]`` included; one or more
+        per item: what arrived together is relayed in one write (``ends_stream`` and
+        ``split_events`` in upstream_checks.py read such a group).
 
         Raises ``UpstreamFailure`` on a drop, an idle gap longer than ``idle_timeout_s`` or a
         stream that ends without ``[DONE]``.

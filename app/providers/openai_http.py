@@ -217,22 +217,33 @@ class HTTPChatStream:
                 if not chunk:
                     break
                 buffer += chunk.replace(b"\r\n", b"\n")
-                while b"\n\n" in buffer:
-                    event, buffer = buffer.split(b"\n\n", 1)
+                if b"\n\n" not in buffer:
+                    continue
+                *events, buffer = buffer.split(b"\n\n")
+                out: list[bytes] = []
+                failure: UpstreamFailure | None = None
+                for event in events:
                     if not event.strip():
                         continue
                     if event.startswith(_DONE):
                         saw_done = True
                     else:
-                        failure = stream_event_failure(event, committed=relayed)
+                        failure = stream_event_failure(event, committed=relayed or bool(out))
                         if failure is not None:
                             log.warning(
                                 "upstream reported an error in its stream",
-                                extra={"provider": self._provider, "committed": relayed},
+                                extra={"provider": self._provider, "committed": failure.committed},
                             )
-                            raise failure
+                            break
+                    out.append(event)
+                    out.append(b"\n\n")
+                if out:
                     relayed = True
-                    yield event + b"\n\n"
+                    # What arrived together goes out together: one write to the client, not
+                    # one per event (the bare relay writes whatever it read, too).
+                    yield b"".join(out)
+                if failure is not None:
+                    raise failure
         finally:
             idle.close()
         if not saw_done:

@@ -61,11 +61,32 @@ def stream_event_failure(event: bytes, *, committed: bool) -> UpstreamFailure | 
     return None
 
 
-def carries_content(event: bytes) -> bool:
-    """Whether this event gives the client something of the answer. A role-only first delta,
-    an empty ``choices`` list (a filter report) or a comment does not: a failure after such
-    events can still be retried or fall back, since nothing of substance was promised."""
-    if event.startswith(b"data: [DONE]"):
+DONE = b"data: [DONE]"
+_DONE_AFTER_ANOTHER = b"\n\n" + DONE
+
+
+def ends_stream(events: bytes) -> bool:
+    """Whether these events (one or more, as ``ChatStream.events`` yields them) include
+    ``data: [DONE]``. Events are separated by a blank line, which JSON data cannot hold, so
+    the marker is only ever found at an event's start."""
+    return events.startswith(DONE) or _DONE_AFTER_ANOTHER in events
+
+
+def split_events(events: bytes) -> list[bytes]:
+    """One or more complete events, each with its blank line."""
+    return [event + b"\n\n" for event in events.split(b"\n\n") if event]
+
+
+def carries_content(events: bytes) -> bool:
+    """Whether these events (one or more) give the client something of the answer."""
+    return any(_carries_content(event) for event in events.split(b"\n\n") if event)
+
+
+def _carries_content(event: bytes) -> bool:
+    """A role-only first delta, an empty ``choices`` list (a filter report) or a comment
+    does not: a failure after such events can still be retried or fall back, since nothing of
+    substance was promised."""
+    if event.startswith(DONE):
         return True
     if not event.startswith(b"data:"):
         return event.startswith(b"event:")  # a named event: relay it as it is

@@ -108,7 +108,8 @@ async def test_stream_without_done_is_a_committed_failure() -> None:
 
     with pytest.raises(UpstreamFailure) as info:
         await drain()
-    assert seen == [b'data: {"a":1}\n\n', b'data: {"a":2}\n\n']
+    # What arrived in one read is relayed as one item, events whole.
+    assert seen == [b'data: {"a":1}\n\ndata: {"a":2}\n\n']
     assert info.value.committed
     assert info.value.reason == "stream_truncated"
     await stream.aclose()
@@ -141,4 +142,29 @@ async def test_a_body_orjson_refuses_still_goes_as_json() -> None:
     sent = json.loads(route.calls.last.request.content)
     assert sent["messages"][0]["content"] == "caf\u00e9 \ud800"
     assert sent["seed"] == 2**63 - 1
+    await provider.aclose()
+
+
+@respx.mock
+async def test_an_error_after_events_of_the_same_read_relays_them_first() -> None:
+    respx.post(f"{BASE}/chat/completions").mock(
+        return_value=httpx.Response(
+            200,
+            content=b'data: {"a":1}\n\ndata: {"error":{"message":"x"}}\n\ndata: {"a":2}\n\n',
+            headers={"content-type": "text/event-stream"},
+        )
+    )
+    provider = _provider()
+    stream = await provider.open_stream({"messages": []}, "m", _deadline())
+    seen: list[bytes] = []
+
+    async def drain() -> None:
+        async for event in stream.events(5):
+            seen.append(event)
+
+    with pytest.raises(UpstreamFailure) as info:
+        await drain()
+    assert seen == [b'data: {"a":1}\n\n']  # the event before the error, nothing after it
+    assert info.value.committed
+    await stream.aclose()
     await provider.aclose()

@@ -8,7 +8,12 @@ import pytest
 import respx
 
 from app.providers.openai_http import OpenAIHTTPProvider
-from app.providers.upstream_checks import stream_event_failure
+from app.providers.upstream_checks import (
+    carries_content,
+    ends_stream,
+    split_events,
+    stream_event_failure,
+)
 from app.resilience.clock import MonotonicClock
 from app.resilience.deadline import Deadline
 from app.resilience.failures import UpstreamFailure
@@ -91,8 +96,8 @@ async def _events(content: bytes) -> list[bytes]:
         stream = await provider.open_stream({"messages": []}, "m", _deadline())
         out: list[bytes] = []
         try:
-            async for event in stream.events(5.0):
-                out.append(event)
+            async for events in stream.events(5.0):
+                out.extend(split_events(events))  # a read may carry several events
         finally:
             await stream.aclose()
             await provider.aclose()
@@ -183,3 +188,15 @@ def test_which_events_carry_content(event: bytes, content: bool) -> None:
     from app.providers.upstream_checks import carries_content
 
     assert carries_content(event) is content
+
+
+def test_groups_of_events_are_read_at_event_starts_only() -> None:
+    done = b"data: [DONE]\n\n"
+    content = b'data: {"choices":[{"delta":{"content":"data: [DONE]"}}]}\n\n'
+    role = b'data: {"choices":[{"delta":{"role":"assistant"}}]}\n\n'
+    assert ends_stream(done)
+    assert ends_stream(content + done)
+    assert not ends_stream(content)  # the marker inside JSON text is not the end
+    assert split_events(role + content + done) == [role, content, done]
+    assert not carries_content(role)
+    assert carries_content(role + content)

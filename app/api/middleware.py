@@ -223,18 +223,19 @@ class KeelMiddleware:
                 self._series[key] = series
             series[0].inc()
             series[1].observe(elapsed)
-        log.info(
-            "%s %s %d",
-            method,
-            path,
-            status,
-            extra={
-                "request_id": request_id,
-                "route": route,
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 2),
-            },
-        )
+        if log.isEnabledFor(logging.INFO):  # else not even the record's fields are built
+            log.info(
+                "%s %s %d",
+                method,
+                path,
+                status,
+                extra={
+                    "request_id": request_id,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
 
 
 class _HeadAnswered(Exception):

@@ -4,10 +4,11 @@
 
 Builds the app in-process, runs its lifespan, and drives ``POST /v1/chat/completions`` through
 the ASGI interface directly (no HTTP server, no client sockets): the upstream is the static
-one of ``bench.proxy_overhead`` on a real loopback socket. Prints microseconds per completion,
-next to the same loop against a trivial ASGI app that only calls the upstream through the same
-kind of client, so the difference is what Keel adds. ``--profile`` prints cProfile's top
-entries by own time.
+one of ``bench.proxy_overhead`` on a real loopback socket. Three variants run in interleaved
+blocks of 100 requests: one aiohttp call to the upstream alone, Keel, and Keel with
+``direct_routes = false`` (FastAPI's router). Prints wall and CPU microseconds per request and
+CPU as a multiple of aiohttp's; CPU time is the steadier figure on a shared machine.
+``--profile`` prints cProfile's top entries (by own time, then Keel's by cumulative time).
 """
 
 from __future__ import annotations

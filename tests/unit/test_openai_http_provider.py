@@ -89,13 +89,11 @@ async def test_transport_errors_are_retryable_failures(exc: Exception, reason: s
     await provider.aclose()
 
 
-@respx.mock
-async def test_stream_without_done_is_a_committed_failure() -> None:
+async def _stream_failure(content: bytes) -> tuple[list[bytes], UpstreamFailure]:
+    """What a stream of ``content`` relays (item by item) before the failure it ends with."""
     respx.post(f"{BASE}/chat/completions").mock(
         return_value=httpx.Response(
-            200,
-            content=b'data: {"a":1}\n\ndata: {"a":2}\n\n',
-            headers={"content-type": "text/event-stream"},
+            200, content=content, headers={"content-type": "text/event-stream"}
         )
     )
     provider = _provider()
@@ -108,12 +106,18 @@ async def test_stream_without_done_is_a_committed_failure() -> None:
 
     with pytest.raises(UpstreamFailure) as info:
         await drain()
-    # What arrived in one read is relayed as one item, events whole.
-    assert seen == [b'data: {"a":1}\n\ndata: {"a":2}\n\n']
-    assert info.value.committed
-    assert info.value.reason == "stream_truncated"
     await stream.aclose()
     await provider.aclose()
+    return seen, info.value
+
+
+@respx.mock
+async def test_stream_without_done_is_a_committed_failure() -> None:
+    seen, failure = await _stream_failure(b'data: {"a":1}\n\ndata: {"a":2}\n\n')
+    # What arrived in one read is relayed as one item, events whole.
+    assert seen == [b'data: {"a":1}\n\ndata: {"a":2}\n\n']
+    assert failure.committed
+    assert failure.reason == "stream_truncated"
 
 
 @respx.mock
@@ -147,24 +151,8 @@ async def test_a_body_orjson_refuses_still_goes_as_json() -> None:
 
 @respx.mock
 async def test_an_error_after_events_of_the_same_read_relays_them_first() -> None:
-    respx.post(f"{BASE}/chat/completions").mock(
-        return_value=httpx.Response(
-            200,
-            content=b'data: {"a":1}\n\ndata: {"error":{"message":"x"}}\n\ndata: {"a":2}\n\n',
-            headers={"content-type": "text/event-stream"},
-        )
+    seen, failure = await _stream_failure(
+        b'data: {"a":1}\n\ndata: {"error":{"message":"x"}}\n\ndata: {"a":2}\n\n'
     )
-    provider = _provider()
-    stream = await provider.open_stream({"messages": []}, "m", _deadline())
-    seen: list[bytes] = []
-
-    async def drain() -> None:
-        async for event in stream.events(5):
-            seen.append(event)
-
-    with pytest.raises(UpstreamFailure) as info:
-        await drain()
     assert seen == [b'data: {"a":1}\n\n']  # the event before the error, nothing after it
-    assert info.value.committed
-    await stream.aclose()
-    await provider.aclose()
+    assert failure.committed

@@ -23,7 +23,8 @@ from app.resilience.clock import Clock, MonotonicClock
 from app.resilience.deadline import Deadline
 from app.resilience.errors import QueueFull
 
-# (in_use, queued) after every change, for gauges.
+# (in_use, queued) after every change, for a caller that wants each one. Keel's gauges do not:
+# they read ``in_use`` and ``queued`` when scraped (GuardObserver.watch_occupancy).
 OccupancyListener = Callable[[int, int], None]
 
 
